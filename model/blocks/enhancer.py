@@ -1,0 +1,125 @@
+"""IllRecNet's enhancer: ``Separation -> Encoder -> Decoder``.
+
+1. :class:`Separation` splits the low-light image into illumination and reflectance maps.
+2. :class:`Encoder` embeds each map, runs self-attention on each and cross-attention between them
+   (reflectance asks illumination and the reverse), and fuses the two into one context map.
+3. :class:`Decoder` is a U-Net over the original image. At every resolution of its expanding path
+   (and at the bottleneck) it cross-attends to the context map brought to that resolution; skip
+   connections join the contracting and expanding paths. It predicts a residual that is added to
+   the input image.
+
+All attention is channel attention (:mod:`model.blocks.attention`), so cost is linear in the
+number of pixels. Features live at half resolution (patch embedding by pixel-unshuffle) and the
+U-Net halves the resolution ``num_resolution - 1`` more times, so inputs are padded (replicate) to
+a multiple of ``2 ** num_resolution`` inside :meth:`Enhancer.forward` and cropped back.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from model.blocks.attention import TransformerBlock
+from model.blocks.sampling import Downsample, PatchEmbed, PatchUnembed, Upsample, crop_to, pad_to_multiple
+from model.blocks.separation import Separation
+
+
+class Encoder(nn.Module):
+    """Illumination and reflectance maps ``(B, c, H, W)`` -> context map ``(B, D, H / 2, W / 2)``."""
+
+    def __init__(
+        self, channels: int, embed_dim: int, num_heads: int, mlp_ratio: float, dropout_ratio: float
+    ) -> None:
+        super().__init__()
+        block = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout_ratio=dropout_ratio)
+        self.embed_illum = PatchEmbed(channels, embed_dim)
+        self.embed_refl = PatchEmbed(channels, embed_dim)
+        self.self_illum = TransformerBlock(**block)
+        self.self_refl = TransformerBlock(**block)
+        self.refl_to_illum = TransformerBlock(**block, cross=True)
+        self.illum_to_refl = TransformerBlock(**block, cross=True)
+        self.fuse = nn.Conv2d(2 * embed_dim, embed_dim, kernel_size=1)
+
+    def forward(self, illumination: Tensor, reflectance: Tensor) -> Tensor:
+        # Reflectance is unbounded above; r / (1 + r) maps it to [0, 1) like the illumination.
+        illum = self.self_illum(self.embed_illum(illumination))  # (B, D, H/2, W/2)
+        refl = self.self_refl(self.embed_refl(reflectance / (1 + reflectance)))
+        refl_ctx = self.refl_to_illum(refl, illum)  # reflectance queries illumination
+        illum_ctx = self.illum_to_refl(illum, refl)  # illumination queries reflectance
+        return self.fuse(torch.cat((refl_ctx, illum_ctx), dim=1))
+
+
+class Decoder(nn.Module):
+    """U-Net over the image that cross-attends to the context at every resolution.
+
+    Widths double at each of the ``num_resolution`` levels: ``D, 2D, 4D, ...``; heads double too.
+    """
+
+    def __init__(
+        self, channels: int, embed_dim: int, num_heads: int, mlp_ratio: float, num_resolution: int,
+        dropout_ratio: float,
+    ) -> None:
+        super().__init__()
+        dims = [embed_dim * 2**i for i in range(num_resolution)]
+        heads = [num_heads * 2**i for i in range(num_resolution)]
+        kw = dict(mlp_ratio=mlp_ratio, dropout_ratio=dropout_ratio)
+        self.embed = PatchEmbed(channels, dims[0])
+        self.context_down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
+        self.down_blocks = nn.ModuleList(
+            TransformerBlock(dims[i], heads[i], **kw) for i in range(num_resolution - 1)
+        )
+        self.down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
+        self.bottleneck = TransformerBlock(dims[-1], heads[-1], **kw)
+        self.bottleneck_cross = TransformerBlock(dims[-1], heads[-1], cross=True, **kw)
+        self.up = nn.ModuleList(Upsample(dims[i + 1], dims[i]) for i in range(num_resolution - 1))
+        self.merge = nn.ModuleList(nn.Conv2d(2 * dims[i], dims[i], 1) for i in range(num_resolution - 1))
+        self.up_blocks = nn.ModuleList(
+            TransformerBlock(dims[i], heads[i], cross=True, **kw) for i in range(num_resolution - 1)
+        )
+        self.head = PatchUnembed(dims[0], channels)
+
+    def forward(self, image: Tensor, context: Tensor) -> Tensor:
+        """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``."""
+        contexts = [context]
+        for down in self.context_down:
+            contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
+        x = self.embed(image)  # (B, D, H/2, W/2)
+        skips = []
+        for block, down in zip(self.down_blocks, self.down, strict=True):
+            x = block(x)
+            skips.append(x)
+            x = down(x)
+        x = self.bottleneck_cross(self.bottleneck(x), contexts[-1])
+        for i in reversed(range(len(self.up))):
+            x = self.merge[i](torch.cat((self.up[i](x), skips[i]), dim=1))
+            x = self.up_blocks[i](x, contexts[i])
+        return image + self.head(x)
+
+
+class Enhancer(nn.Module):
+    """``Separation -> Encoder -> Decoder``; maps ``(B, c, H, W)`` in [0, 1] to the same shape.
+
+    Any ``H, W >= 1``: the input is padded (replicate) to the network's stride and cropped back.
+    """
+
+    def __init__(
+        self, channels: int = 3, kernel_size: int = 15, sigma: float = 3.0, trainable_separation: bool = False,
+        embed_dim: int = 32, num_heads: int = 2, mlp_ratio: float = 2.0, num_resolution: int = 3,
+        dropout_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_resolution < 1:
+            raise ValueError(f"num_resolution must be >= 1, got {num_resolution}")
+        self.stride = 2**num_resolution
+        self.separation = Separation(channels, kernel_size, sigma, trainable=trainable_separation)
+        self.encoder = Encoder(channels, embed_dim, num_heads, mlp_ratio, dropout_ratio)
+        self.decoder = Decoder(channels, embed_dim, num_heads, mlp_ratio, num_resolution, dropout_ratio)
+
+    def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the
+        illumination and reflectance maps (same shape) for inspection."""
+        padded, size = pad_to_multiple(x, self.stride)
+        illumination, reflectance = self.separation(padded)
+        out = crop_to(self.decoder(padded, self.encoder(illumination, reflectance)), size)
+        if return_maps:
+            return out, crop_to(illumination, size), crop_to(reflectance, size)
+        return out
+

@@ -1,0 +1,198 @@
+"""``LowLightEnhancerLightning``: the Enhancer wrapped for training and validation with Lightning.
+
+Loss MAE + MSE (logged as ``train/1_mae``, ``train/2_mse``, ``train/3_total`` and the ``valid/``
+twins), validation PSNR/SSIM on 8-bit RGB outputs, AdamW with linear warm-up then cosine decay
+stepped every iteration, and TensorBoard image grids ``low | enhanced | high | illumination |
+reflectance`` for a fixed set of validation images at every validation.
+"""
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torchvision.utils import make_grid
+
+from model.blocks.enhancer import Enhancer
+from model.loss import MaeMseLoss
+from utils.metrics import psnr, quantize_8bit, ssim
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient norm became NaN or infinite; training stops instead of going on silently."""
+
+
+class LowLightEnhancerLightning(L.LightningModule):
+    """IllRecNet for Lightning. Every argument is a plain value saved in the checkpoint, so
+    ``load_from_checkpoint(path)`` rebuilds the exact architecture with no other input."""
+
+    def __init__(
+        self,
+        channels: int = 3,
+        kernel_size: int = 15,
+        sigma: float = 3.0,
+        trainable_separation: bool = False,
+        embed_dim: int = 32,
+        num_heads: int = 2,
+        mlp_ratio: float = 2.0,
+        num_resolution: int = 3,
+        dropout_ratio: float = 0.0,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-4,
+        warmup_ratio: float = 0.02,
+        min_lr_ratio: float = 0.01,
+        mae_weight: float = 1.0,
+        mse_weight: float = 1.0,
+        num_log_images: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = Enhancer(
+            channels=channels, kernel_size=kernel_size, sigma=sigma, trainable_separation=trainable_separation,
+            embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, num_resolution=num_resolution,
+            dropout_ratio=dropout_ratio,
+        )
+        self.loss = MaeMseLoss(mae_weight, mse_weight)
+        self._log_images: list[tuple[str, Tensor]] = []
+        self._batch_names: list[str] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> enhanced ``(B, 3, H, W)`` (not clamped)."""
+        return self.model(x)
+
+    # ----------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        self._batch_names = list(batch.get("name", []))
+        losses = self.loss(self(batch["low"]), batch["high"])
+        if not torch.isfinite(losses["total"]):
+            raise NonFiniteError(
+                f"non-finite training loss ({losses['total'].item()}) at global step {self.global_step}, "
+                f"batch files: {self._batch_names}"
+            )
+        self._log_losses("train", losses, batch["low"].shape[0], on_step=True)
+        return losses["total"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if str(self.trainer.precision).startswith("16"):
+            return  # fp16 GradScaler expects occasional inf gradients and skips those steps itself
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if not torch.isfinite(norm):
+            raise NonFiniteError(
+                f"non-finite gradient norm ({norm.item()}) at global step {self.global_step}, "
+                f"batch files: {self._batch_names}"
+            )
+
+    def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int, on_step: bool) -> None:
+        for i, key in enumerate(("mae", "mse", "total"), start=1):
+            self.log(
+                f"{stage}/{i}_{key}", losses[key], on_step=on_step, on_epoch=True, batch_size=batch_size,
+                prog_bar=key == "total", sync_dist=not on_step,
+            )
+
+    # --------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        low, high = batch["low"], batch["high"]
+        pred, illumination, reflectance = self.model(low, return_maps=True)
+        self._log_losses("valid", self.loss(pred, high), low.shape[0], on_step=False)
+        pred8 = quantize_8bit(pred.float())
+        self.log("valid/psnr", psnr(pred8, high.float()).mean(), batch_size=low.shape[0], sync_dist=True,
+                 prog_bar=True)
+        self.log("valid/ssim", ssim(pred8, high.float()).mean(), batch_size=low.shape[0], sync_dist=True)
+        if batch_idx < self.hparams.num_log_images:
+            name = batch["name"][0] if "name" in batch else str(batch_idx)
+            tiles = [low[0], pred8[0], high[0], illumination[0], reflectance[0] / (1 + reflectance[0])]
+            self._log_images.append((name, _display_grid(tiles)))
+
+    def on_validation_epoch_end(self) -> None:
+        images, self._log_images = self._log_images, []
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for name, grid in images:
+                    logger.experiment.add_image(
+                        f"valid_images/{name} (low | enhanced | high | illumination | reflectance)",
+                        grid, global_step=self.global_step,
+                    )
+
+    # ---------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, math.ceil(total * hp.warmup_ratio)) if hp.warmup_ratio > 0 else 0
+        cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=hp.lr * hp.min_lr_ratio)
+        if warmup > 0:
+            ramp = LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
+            scheduler = SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+        else:
+            scheduler = cosine
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _display_grid(tiles: list[Tensor], max_side: int = 384) -> Tensor:
+    """Side-by-side ``(3, h, n * w)`` grid in [0, 1], downscaled so the longer side is <= max_side."""
+    stack = torch.stack([t.detach().float().clamp(0, 1) for t in tiles])  # (n, 3, H, W)
+    scale = max_side / max(stack.shape[-2:])
+    if scale < 1:
+        stack = F.interpolate(stack, scale_factor=scale, mode="area")
+    return make_grid(stack.cpu(), nrow=len(tiles), padding=2, pad_value=1.0)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, or not an IllRecNet checkpoint."""
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LowLightEnhancerLightning:
+    """Rebuild the model from ``path`` alone (architecture from its saved hyper-parameters).
+
+    Raises :class:`CheckpointError` naming the file: missing, unreadable/truncated, without
+    IllRecNet hyper-parameters, or with weights that do not match the saved architecture
+    (the missing and unexpected keys are listed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, pickle garbage, foreign formats
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint): {error}") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a Lightning checkpoint of IllRecNet (top-level keys: {keys})")
+    try:
+        module = LowLightEnhancerLightning(**checkpoint["hyper_parameters"])
+    except TypeError as error:
+        raise CheckpointError(f"{path} holds hyper-parameters IllRecNet does not know: {error}") from error
+    check_state_dict(module, checkpoint["state_dict"], path)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(map_location).eval()
+
+
+def check_state_dict(module: torch.nn.Module, state_dict: dict, source: str | Path) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        def short(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+        raise CheckpointError(
+            f"weights in {source} do not match the architecture: missing keys [{short(missing)}], "
+            f"unexpected keys [{short(unexpected)}], mismatched shapes [{short(shapes)}]"
+        )

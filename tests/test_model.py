@@ -1,0 +1,168 @@
+"""Model blocks: shapes at odd sizes, gradients, separation, linear attention cost, budget, learning."""
+
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.blocks.attention import ChannelAttention, TransformerBlock
+from model.blocks.enhancer import Enhancer
+from model.blocks.separation import Separation
+from model.model import LowLightEnhancerLightning
+
+torch.set_num_threads(2)
+
+
+def tiny_enhancer(**kw) -> Enhancer:
+    return Enhancer(embed_dim=8, num_heads=1, mlp_ratio=1.0, num_resolution=3, **kw)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (401, 599)])
+def test_enhancer_keeps_odd_sizes_and_is_finite(size):
+    model = tiny_enhancer().eval()
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_default_model_shape_at_odd_size():
+    module = LowLightEnhancerLightning().eval()
+    with torch.no_grad():
+        y = module(torch.rand(2, 3, 37, 53))
+    assert y.shape == (2, 3, 37, 53)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_every_trainable_parameter_gets_a_gradient(trainable):
+    model = tiny_enhancer(trainable_separation=trainable)
+    x = torch.rand(2, 3, 37, 53)
+    loss = (model(x) - x.flip(-1)).abs().mean()
+    loss.backward()
+    trainable_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert ("separation.log_sigma" in trainable_params) == trainable
+    for name, p in trainable_params.items():
+        assert p.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (64, 80)])
+def test_separation_reconstructs_its_input(size):
+    sep = Separation(kernel_size=15, sigma=3.0)
+    x = torch.rand(2, 3, *size)
+    illumination, reflectance = sep(x)
+    assert illumination.shape == reflectance.shape == x.shape
+    assert torch.allclose(illumination * reflectance - sep.eps, x, atol=1e-5)
+    assert (illumination > 0).all() and (reflectance > 0).all()
+
+
+def test_separation_illumination_is_smooth():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64) * 0.5 + 0.25
+    illumination, reflectance = Separation(kernel_size=15, sigma=3.0)(x)
+    # The low-pass illumination varies far less between neighbours than the image does.
+    tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
+    assert tv(illumination) < 0.2 * tv(x)
+
+
+def test_frozen_separation_stays_frozen_and_trainable_learns():
+    for trainable in (False, True):
+        module = LowLightEnhancerLightning(embed_dim=8, num_heads=1, trainable_separation=trainable)
+        sigma_before = module.model.separation.log_sigma.detach().clone()
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        x = torch.rand(1, 3, 32, 32)
+        for _ in range(3):
+            opt.zero_grad()
+            (module(x) - 0.5).abs().mean().backward()
+            opt.step()
+        changed = not torch.equal(sigma_before, module.model.separation.log_sigma.detach())
+        assert changed == trainable
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor produced by any operation (a quadratic attention matrix shows here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def _memory(block, size: int, cross: bool) -> tuple[int, int]:
+    x = torch.rand(1, 16, size, size, requires_grad=True)
+    ctx = torch.rand(1, 16, size, size) if cross else None
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _LargestTensor() as mode:
+        block(x, ctx).sum().backward()
+    return saved, mode.largest
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_memory_grows_linearly(cross):
+    block = TransformerBlock(16, num_heads=2, mlp_ratio=2.0, cross=cross)
+    saved_small, largest_small = _memory(block, 64, cross)
+    saved_big, largest_big = _memory(block, 128, cross)  # 4x the pixels
+    assert saved_big <= 5 * saved_small
+    assert largest_big <= 5 * largest_small
+
+
+def test_attention_matrix_is_channels_by_channels():
+    attn = ChannelAttention(16, num_heads=4)
+    with _LargestTensor() as mode:
+        attn(torch.rand(1, 16, 96, 96))
+    # Largest tensor is a feature map (3 x 16 x 96 x 96 floats), never a (96*96)^2 matrix.
+    assert mode.largest <= 3 * 16 * 96 * 96 * 4
+
+
+def _gmacs(model, h, w) -> float:
+    x = torch.rand(1, 3, h, w)
+    with FlopCounterMode(display=False) as counter:
+        model(x)  # gradients enabled, as in the budget's definition
+    return counter.get_total_flops() / 2e9
+
+
+def test_default_model_budget():
+    model = LowLightEnhancerLightning().model
+    params = sum(p.numel() for p in model.parameters())
+    assert params <= 1.5e6
+    macs_256 = _gmacs(model, 256, 256)
+    macs_512 = _gmacs(model, 512, 512)
+    assert macs_256 <= 6.0
+    assert macs_512 <= 4.5 * macs_256
+
+
+def _psnr(a, b) -> float:
+    return 10 * math.log10(1.0 / torch.mean((a.clamp(0, 1) - b) ** 2).item())
+
+
+def test_learns_one_pair():
+    torch.manual_seed(0)
+    high = torch.rand(1, 3, 8, 8)
+    high = torch.nn.functional.interpolate(high, size=(48, 48), mode="bilinear", align_corners=False)
+    low = (high**2.2 * 0.15) ** (1 / 2.2) * 0.5  # darker, different tone curve
+    module = LowLightEnhancerLightning()
+    before = _psnr(module(low).detach(), high)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    for _ in range(200):
+        opt.zero_grad()
+        module.loss(module(low), high)["total"].backward()
+        opt.step()
+    after = _psnr(module(low).detach(), high)
+    assert after >= before + 5, (before, after)

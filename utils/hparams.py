@@ -1,0 +1,171 @@
+"""Typed hyper-parameter groups shared by the scripts.
+
+Each field's default lives here and only here; the one-line docstring under a field is its
+``--help`` text. Every script composes the groups it needs into one flat dataclass, so each field
+is a flag of the same name (``--image_size 128``) and a key of the same name in a YAML config.
+Values are checked in ``__post_init__`` so a wrong value is a one-line message, not a traceback.
+"""
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class DataHparams:
+    train_data_path: str = "data/1_train"
+    """Training split: one folder per sub-dataset, each with low/ and high/."""
+    valid_data_path: str = "data/2_valid"
+    """Validation split (whole images, chooses the best checkpoint)."""
+    image_size: int = 256
+    """Side of the random paired training crop, in pixels."""
+    batch_size: int = 8
+    """Training batch size (validation always uses 1: whole images differ in size)."""
+    num_workers: int = 4
+    """DataLoader worker processes (0 loads in the main process)."""
+    train_repeat: int = 1
+    """Visit every training pair this many times per epoch (for tiny datasets)."""
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.train_repeat >= 1, f"train_repeat must be >= 1, got {self.train_repeat}")
+
+
+@dataclass
+class ModelHparams:
+    channels: int = 3
+    """Colour channels of the images."""
+    kernel_size: int = 15
+    """Size of the separation block's Gaussian kernel (odd)."""
+    sigma: float = 3.0
+    """Initial standard deviation of the separation Gaussian, in pixels."""
+    embed_dim: int = 32
+    """Feature width at the first resolution; it doubles at every level."""
+    num_heads: int = 2
+    """Attention heads at the first resolution; they double at every level."""
+    mlp_ratio: float = 2.0
+    """Hidden width of the feed-forward layers relative to the block width."""
+    num_resolution: int = 3
+    """Levels of the decoder U-Net."""
+    dropout_ratio: float = 0.0
+    """Dropout after attention and feed-forward layers."""
+
+    def __post_init__(self) -> None:
+        _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
+        _check(self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+               f"kernel_size must be a positive odd number, got {self.kernel_size}")
+        _check(self.sigma > 0, f"sigma must be > 0, got {self.sigma}")
+        _check(self.embed_dim >= 1 and self.num_heads >= 1 and self.embed_dim % self.num_heads == 0,
+               f"embed_dim ({self.embed_dim}) must be a positive multiple of num_heads ({self.num_heads})")
+        _check(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        _check(1 <= self.num_resolution <= 6, f"num_resolution must be in 1..6, got {self.num_resolution}")
+        _check(0 <= self.dropout_ratio < 1, f"dropout_ratio must be in [0, 1), got {self.dropout_ratio}")
+
+
+@dataclass
+class OptimHparams:
+    lr: float = 2e-4
+    """Peak learning rate of AdamW."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
+    warmup_ratio: float = 0.02
+    """Fraction of all training steps spent in the linear warm-up (then cosine decay)."""
+    min_lr_ratio: float = 0.01
+    """Final learning rate of the cosine decay, as a fraction of lr."""
+    mae_weight: float = 1.0
+    """Weight of the MAE (L1) loss."""
+    mse_weight: float = 1.0
+    """Weight of the MSE (L2) loss."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               f"betas must be two numbers in [0, 1), got {self.betas}")
+        _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.mae_weight >= 0 and self.mse_weight >= 0 and self.mae_weight + self.mse_weight > 0,
+               "mae_weight and mse_weight must be >= 0 and not both 0")
+
+
+@dataclass
+class RuntimeHparams:
+    accelerator: str = "auto"
+    """cpu, gpu, cuda, mps or auto (a GPU when one is present)."""
+    devices: str = "auto"
+    """Number of devices, a list such as '[0, 1]', or auto."""
+    num_nodes: int = 1
+    """Machines taking part (multi-node DDP)."""
+    strategy: str = "auto"
+    """Lightning strategy: auto, ddp, ddp_spawn, ..."""
+    precision: str = "32-true"
+    """32-true, bf16-mixed or 16-mixed."""
+    log_dir: str = "runs/train"
+    """Root folder of logs, checkpoints and outputs."""
+    experiment_name: str = "illrecnet"
+    """Sub-folder of log_dir for this experiment; every run gets its own version_N inside."""
+    seed: int = 42
+    """Seed for Python, NumPy, torch and the data-loader workers."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(bool(self.experiment_name.strip()) and "/" not in self.experiment_name,
+               f"experiment_name must be a non-empty folder name, got {self.experiment_name!r}")
+
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
+
+@dataclass
+class TrainLoopHparams:
+    max_epochs: int = 1000
+    """Epochs per session."""
+    patience: int = 100
+    """Early stopping: validations without improvement of valid/3_total before a session stops."""
+    gradient_clip_val: float = 0.0
+    """Clip the gradient norm to this value (0 disables clipping)."""
+    check_val_every_n_epoch: int = 1
+    """Validate every N epochs."""
+    log_every_n_steps: int = 10
+    """Write training scalars every N steps."""
+    num_log_images: int = 4
+    """Validation images shown in TensorBoard at every validation."""
+    session: Literal["both", "frozen", "trainable"] = "both"
+    """Sessions to run: separation frozen, then trainable (initialised from the frozen best), or one."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms (slower; bit-exact reruns on CPU)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")
+        _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        _check(self.gradient_clip_val >= 0, f"gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+        _check(self.check_val_every_n_epoch >= 1, "check_val_every_n_epoch must be >= 1")
+        _check(self.log_every_n_steps >= 1, "log_every_n_steps must be >= 1")
+        _check(self.num_log_images >= 0, "num_log_images must be >= 0")
+
+
+def field_values(obj: object, group: type) -> dict:
+    """The values of ``obj`` for the fields declared by dataclass ``group`` (plain values only)."""
+    return {f.name: getattr(obj, f.name) for f in fields(group)}
+
+
+def check_all_groups(obj: object) -> None:
+    """Run ``__post_init__`` of every group a composite dataclass inherits from (dataclasses only
+    call the first one found in the MRO)."""
+    for cls in type(obj).__mro__[1:]:
+        check = cls.__dict__.get("__post_init__")
+        if check is not None:
+            check(obj)

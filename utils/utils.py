@@ -1,0 +1,83 @@
+"""Command-line parsing and small shared helpers."""
+
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+log = logging.getLogger("illrecnet")
+
+T = TypeVar("T")
+
+
+def build_parser(hparams_type: type, description: str) -> ArgumentParser:
+    """A parser with one ``--name`` flag per field of ``hparams_type`` plus ``--config FILE.yaml``,
+    ``--print_config`` and ``--help``."""
+    parser = ArgumentParser(description=description, exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the flags below.")
+    parser.add_class_arguments(hparams_type, nested_key=None)
+    return parser
+
+
+def parse_hparams(hparams_type: type[T], description: str, argv: Sequence[str] | None = None) -> T:
+    """Parse the command line into ``hparams_type``; a wrong value exits with a one-line message."""
+    parser = build_parser(hparams_type, description)
+    namespace = parser.parse_args(argv)
+    values = {f.name: namespace[f.name] for f in dataclasses.fields(hparams_type)}
+    try:
+        return hparams_type(**values)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def setup_logging() -> None:
+    """Plain ``LEVEL message`` lines on stderr for the project's logger."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``:
+    readers see the old file or the new one, never a partial one. The temporary file is removed
+    when the write fails (e.g. a full disk)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def run_main(main, hparams) -> None:
+    """Run a script's ``main``; known user errors become one ``error:`` line and exit status 2."""
+    from data.utils import DataError
+    from engine.engine import EngineError
+    from model.model import CheckpointError
+
+    setup_logging()
+    try:
+        main(hparams)
+    except (DataError, EngineError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

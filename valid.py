@@ -1,0 +1,66 @@
+"""Validate a trained IllRecNet checkpoint on a validation split.
+
+The architecture comes from the checkpoint alone. Prints the losses, PSNR and SSIM and writes them
+to ``<log_dir>/<experiment_name>/version_<N>/valid.json``.
+"""
+
+import json
+import sys
+from dataclasses import dataclass
+
+from utils.hparams import RuntimeHparams, check_all_groups
+from utils.utils import parse_hparams, run_main
+
+
+@dataclass
+class ValidHparams(RuntimeHparams):
+    """Validate a checkpoint."""
+
+    checkpoint_path: str = ""
+    """Checkpoint to evaluate (required), e.g. runs/train/illrecnet/version_0/trainable/checkpoints/best.ckpt."""
+    valid_data_path: str = "data/2_valid"
+    """Validation split: sub-datasets with low/ and high/."""
+    num_workers: int = 2
+    """DataLoader worker processes."""
+    log_dir: str = "runs/valid"
+    """Where valid.json is written."""
+
+    def __post_init__(self) -> None:
+        check_all_groups(self)
+        if not self.checkpoint_path:
+            raise ValueError("--checkpoint_path is required")
+
+
+def get_hparams() -> ValidHparams:
+    return ValidHparams(checkpoint_path="")
+
+
+def main(hp: ValidHparams) -> None:
+    from pathlib import Path
+
+    from data.dataloader import LowLightDataModule
+    from engine.engine import LightningEngine
+    from engine.runner import new_run_dir
+    from model.model import load_checkpoint
+    from utils.utils import atomic_write_text
+
+    engine = LightningEngine(
+        accelerator=hp.accelerator, devices=hp.devices, num_nodes=hp.num_nodes, strategy=hp.strategy,
+        precision=hp.precision, seed=hp.seed,
+    )
+    module = load_checkpoint(hp.checkpoint_path)
+    datamodule = LowLightDataModule(valid_data_path=hp.valid_data_path, num_workers=hp.num_workers)
+    metrics = engine.valid(module, datamodule)[0]
+    out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
+    report = {"checkpoint_path": hp.checkpoint_path, "valid_data_path": hp.valid_data_path,
+              **{k: float(v) for k, v in metrics.items()}}
+    atomic_write_text(out_dir / "valid.json", json.dumps(report, indent=2))
+    print(f"\nValidation of {hp.checkpoint_path} on {hp.valid_data_path}")
+    for key, value in metrics.items():
+        print(f"  {key:<14} {float(value):.4f}")
+    print(f"written: {out_dir / 'valid.json'}")
+
+
+if __name__ == "__main__":
+    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:])
+    run_main(main, hparams)
