@@ -20,6 +20,9 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from engine.predict import Enhance, run_bench, run_infer
+from utils.utils import log
+
 MONITOR = "valid/3_total"
 
 
@@ -92,6 +95,24 @@ class LightningEngine:
 
     def valid(self, module: L.LightningModule, datamodule: L.LightningDataModule) -> list[dict[str, float]]:
         return self.trainer([], logger=False).validate(module, datamodule=datamodule, verbose=False)
+
+    def bench(self, module: torch.nn.Module, self_ensemble: bool = False, **kwargs: Any):
+        return run_bench(Enhance(module, self.device(), self_ensemble, self.precision), **kwargs)
+
+    def infer(self, module: torch.nn.Module, self_ensemble: bool = False, **kwargs: Any):
+        return run_infer(Enhance(module, self.device(), self_ensemble, self.precision), **kwargs)
+
+    def device(self) -> torch.device:
+        """The single device of bench/infer. They process each image exactly once in one process, so
+        asking for several devices runs on the first one (with a message) instead of splitting work."""
+        if self.devices not in ("auto", 1, "1") or self.num_nodes > 1:
+            log.warning("bench/infer run on one device; ignoring devices=%s num_nodes=%s",
+                        self.devices, self.num_nodes)
+        if self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available()):
+            return torch.device("cuda", 0)
+        if self.accelerator == "mps" or (self.accelerator == "auto" and torch.backends.mps.is_available()):
+            return torch.device("mps")
+        return torch.device("cpu")
 
 
 def _check_accelerator(accelerator: str) -> None:

@@ -145,7 +145,7 @@ def _finish_session(session, trainer, module, datamodule) -> SessionResult:
     best = callback.best_model_path or callback.last_model_path
     metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     return SessionResult(
-        session=session, best_checkpoint=best, last_checkpoint=callback.last_model_path,
+        session=session, best_checkpoint=best, last_checkpoint=str(Path(callback.dirpath) / "last.ckpt"),
         valid_psnr=float(metrics["valid/psnr"]), valid_ssim=float(metrics["valid/ssim"]),
         valid_total=float(metrics[MONITOR]), epochs=trainer.current_epoch, global_step=trainer.global_step,
     )

@@ -104,7 +104,7 @@ class OptimHparams:
 class RuntimeHparams:
     accelerator: str = "auto"
     """cpu, gpu, cuda, mps or auto (a GPU when one is present)."""
-    devices: str = "auto"
+    devices: int | str = "auto"
     """Number of devices, a list such as '[0, 1]', or auto."""
     num_nodes: int = 1
     """Machines taking part (multi-node DDP)."""

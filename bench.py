@@ -1,0 +1,88 @@
+"""Benchmark a trained IllRecNet checkpoint: per-image PSNR, SSIM, LPIPS, NIQE, BRISQUE.
+
+Every sub-dataset under ``--bench_data_path`` is enhanced at native resolution (the architecture
+comes from the checkpoint) and scored under an explicit protocol (RGB, outputs clamped and rounded
+to 8 bits; GT-mean numbers only in their own ``*_GTmean`` columns). Writes ``bench.csv`` (one row
+per image) and ``bench.json`` (means, counts, protocol, checkpoint sha256, package versions) into
+``<log_dir>/<experiment_name>/version_<N>/``, prints one Markdown table per sub-dataset and logs
+them to TensorBoard. Sub-datasets with only ``low/`` get the no-reference metrics.
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+from utils.hparams import RuntimeHparams, check_all_groups
+from utils.utils import parse_hparams, run_main
+
+
+@dataclass
+class BenchHparams(RuntimeHparams):
+    """Benchmark a checkpoint."""
+
+    checkpoint_path: str = ""
+    """Checkpoint to evaluate (required)."""
+    bench_data_path: str = "data/3_bench"
+    """Bench split: sub-datasets with low/ and (optionally) high/."""
+    metrics: list[str] = field(default_factory=lambda: ["PSNR", "SSIM", "LPIPS", "NIQE", "BRISQUE"])
+    """Metrics to compute, e.g. '[PSNR, SSIM]' for a fast table."""
+    strict_metrics: bool = False
+    """Fail instead of writing n/a when a metric cannot be computed (e.g. LPIPS weights missing offline)."""
+    self_ensemble: bool = False
+    """Average the outputs of the 8 flips/rotations of each image."""
+    save_images: bool = False
+    """Write low | enhanced | high comparison strips (PNG) for every image."""
+    tile: int | None = None
+    """Enhance in tiles of this side (default: whole images, tiles only when too large for memory)."""
+    tile_overlap: int = 32
+    """Overlap between tiles, in pixels."""
+    log_dir: str = "runs/bench"
+    """Root folder of bench results."""
+
+    def __post_init__(self) -> None:
+        check_all_groups(self)
+        if not self.checkpoint_path:
+            raise ValueError("--checkpoint_path is required")
+        from utils.metrics import METRICS
+
+        unknown = sorted({m.upper() for m in self.metrics} - set(METRICS))
+        if unknown or not self.metrics:
+            raise ValueError(f"--metrics must be a non-empty subset of {list(METRICS)}, got {self.metrics}")
+        if self.tile is not None and self.tile < 16:
+            raise ValueError(f"--tile must be >= 16, got {self.tile}")
+        if self.tile_overlap < 0:
+            raise ValueError(f"--tile_overlap must be >= 0, got {self.tile_overlap}")
+
+
+def get_hparams() -> BenchHparams:
+    return BenchHparams(checkpoint_path="")
+
+
+def main(hp: BenchHparams) -> None:
+    from pathlib import Path
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from engine.engine import LightningEngine
+    from engine.predict import TileSettings
+    from engine.runner import new_run_dir
+    from model.model import load_checkpoint
+
+    engine = LightningEngine(accelerator=hp.accelerator, devices=hp.devices, num_nodes=hp.num_nodes,
+                             precision=hp.precision, seed=hp.seed)
+    module = load_checkpoint(hp.checkpoint_path)
+    out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
+    writer = SummaryWriter(str(out_dir))
+    try:
+        result = engine.bench(
+            module, self_ensemble=hp.self_ensemble, bench_data_path=hp.bench_data_path, out_dir=out_dir,
+            metrics=hp.metrics, strict=hp.strict_metrics, tiles=TileSettings(hp.tile, hp.tile_overlap),
+            save_images=hp.save_images, checkpoint_path=hp.checkpoint_path, logger=writer,
+        )
+    finally:
+        writer.close()
+    print(f"\n{result.tables}\nwritten: {out_dir / 'bench.csv'}, {out_dir / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:])
+    run_main(main, hparams)

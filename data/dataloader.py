@@ -1,0 +1,198 @@
+"""Paired low/high datasets and the Lightning data module for the four splits.
+
+Splits follow the seed's layout (``data/1_train``, ``data/2_valid``, ``data/3_bench``,
+``data/4_infer``, each holding ``<SubDataset>/low`` and ``<SubDataset>/high``). Every split a stage
+needs is fully validated in :meth:`LowLightDataModule.setup`, so bad data raises a
+:class:`~data.utils.DataError` listing every problem before the first step.
+
+Batch format (a dict, collated by the default collate function):
+
+- ``low``: float32 (B, 3, H, W) in [0, 1]
+- ``high``: float32 (B, 3, H, W) in [0, 1]; the key is absent when the pair has no reference
+  (bench/infer sub-datasets with only ``low/``)
+- ``name``: list of B low file names (extension included), ``dataset``: list of B sub-dataset
+  names, ``low_path``: list of B paths as strings
+
+Train batches are random ``image_size`` crops with shared flips and 90-degree rotations; images
+smaller than the crop are edge-padded (replicate) first. Valid, bench and infer batches hold one
+whole image each (``batch_size=1``: the images differ in size), in sub-dataset then file order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from data.utils import DataError, ImagePair, load_image, validate_split
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}; exact (no interpolation), shared by all inputs."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"k": int(torch.randint(4, ()).item())}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return tv_tensors.wrap(torch.rot90(inpt, params["k"], dims=(-2, -1)), like=inpt)
+
+
+def train_transform(crop_size: int | None, augment: bool) -> v2.Transform:
+    """Paired training transform: edge-padded random crop, then random flips and 90-degree rotations.
+
+    Call it once on ``(low, high)`` wrapped as ``tv_tensors.Image`` so both get the same parameters.
+    """
+    steps: list[v2.Transform] = []
+    if crop_size is not None:
+        steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, padding_mode="edge"))
+    if augment:
+        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
+    return v2.Compose(steps) if steps else v2.Identity()
+
+
+class PairedImageDataset(Dataset):
+    """Low/high pairs loaded with :func:`~data.utils.load_image`, optionally cropped and augmented.
+
+    Args:
+        pairs: the pairs, in the order they are served.
+        crop_size: side of the square random crop (train); None keeps whole images.
+        augment: random horizontal/vertical flips and 90-degree rotations, identical for low and high.
+    """
+
+    def __init__(
+        self, pairs: Sequence[ImagePair], crop_size: int | None = None, augment: bool = False
+    ) -> None:
+        if crop_size is not None and crop_size < 1:
+            raise ValueError(f"crop_size must be a positive integer or None, got {crop_size}")
+        self.pairs = list(pairs)
+        self.transform = train_transform(crop_size, augment)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.pairs[index]
+        low = tv_tensors.Image(load_image(pair.low))  # (3, H, W)
+        sample: dict[str, Any] = {"name": pair.name, "dataset": pair.dataset, "low_path": str(pair.low)}
+        if pair.high is None:
+            sample["low"] = self.transform(low).as_subclass(torch.Tensor)
+            return sample
+        high = tv_tensors.Image(load_image(pair.high))  # (3, H, W)
+        if low.shape != high.shape:  # validated in setup; guards against files changed since
+            raise DataError(
+                f"size mismatch in sub-dataset {pair.dataset}: {pair.low} is {tuple(low.shape[1:])} "
+                f"but {pair.high} is {tuple(high.shape[1:])} (H, W)"
+            )
+        low, high = self.transform(low, high)
+        sample["low"] = low.as_subclass(torch.Tensor)
+        sample["high"] = high.as_subclass(torch.Tensor)
+        return sample
+
+
+def _flatten(pairs: dict[str, list[ImagePair]], stage: str) -> list[ImagePair]:
+    """All pairs in sub-dataset then file order; an error if ``setup(stage)`` has not filled them."""
+    if not pairs:
+        raise RuntimeError(f"no pairs loaded: call setup({stage!r}) before asking for this dataloader")
+    return [pair for name in sorted(pairs) for pair in pairs[name]]
+
+
+class LowLightDataModule(L.LightningDataModule):
+    """Train/valid/bench/infer splits of paired low-light images, validated in :meth:`setup`.
+
+    Stages: ``fit`` validates train and valid (a missing valid split is an error: training always
+    runs validation), ``validate`` the valid split, ``test`` the bench split (sub-datasets with only
+    ``low/`` allowed: no-reference metrics only), ``predict`` the infer split (``high/`` optional).
+    After setup, ``train_pairs``, ``valid_pairs``, ``bench_pairs`` and ``infer_pairs`` map each
+    sub-dataset name to its pairs, for code that reports per sub-dataset.
+
+    Worker seeding: call ``lightning.seed_everything(seed, workers=True)``; the Trainer then gives
+    every loader worker a seed derived from it, so crops and flips are reproducible.
+
+    Args:
+        train_data_path: train split folder.
+        valid_data_path: valid split folder.
+        bench_data_path: bench split folder.
+        infer_data_path: infer split folder.
+        image_size: side of the square training crop in pixels.
+        batch_size: training batch size (valid/bench/infer always use 1).
+        num_workers: loader worker processes (0 loads in the main process).
+        train_repeat: times the train list is repeated per epoch, for tiny datasets.
+    """
+
+    def __init__(
+        self,
+        train_data_path: str = "data/1_train",
+        valid_data_path: str = "data/2_valid",
+        bench_data_path: str = "data/3_bench",
+        infer_data_path: str = "data/4_infer",
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        train_repeat: int = 1,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (
+            ("image_size", image_size, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("train_repeat", train_repeat, 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.train_data_path = str(train_data_path)
+        self.valid_data_path = str(valid_data_path)
+        self.bench_data_path = str(bench_data_path)
+        self.infer_data_path = str(infer_data_path)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_repeat = train_repeat
+        self.train_pairs: dict[str, list[ImagePair]] = {}
+        self.valid_pairs: dict[str, list[ImagePair]] = {}
+        self.bench_pairs: dict[str, list[ImagePair]] = {}
+        self.infer_pairs: dict[str, list[ImagePair]] = {}
+
+    def setup(self, stage: str) -> None:
+        """Validate (fully decode) the splits this stage needs; raises DataError before any step."""
+        if stage == "fit":
+            self.train_pairs = validate_split(
+                self.train_data_path, require_high=True, min_size=self.image_size
+            )
+            self.valid_pairs = validate_split(self.valid_data_path, require_high=True)
+        elif stage == "validate":
+            self.valid_pairs = validate_split(self.valid_data_path, require_high=True)
+        elif stage == "test":
+            self.bench_pairs = validate_split(self.bench_data_path, require_high=False)
+        elif stage == "predict":
+            self.infer_pairs = validate_split(self.infer_data_path, require_high=False)
+        else:
+            raise ValueError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        pairs = _flatten(self.train_pairs, "fit") * self.train_repeat
+        return self._loader(PairedImageDataset(pairs, self.image_size, augment=True), self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(PairedImageDataset(_flatten(self.valid_pairs, "validate")), 1, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(PairedImageDataset(_flatten(self.bench_pairs, "test")), 1, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(PairedImageDataset(_flatten(self.infer_pairs, "predict")), 1, False)

@@ -1,0 +1,214 @@
+"""Synthesize low-light images from normal-light photographs with a simple camera noise model.
+
+The idea (as in the unprocessing literature): undo the display gamma to get back to linear light,
+cut the exposure, add the noise a sensor produces at that photon count (Poisson shot noise plus
+Gaussian read noise), optionally tint the result with per-channel gains (a white-balance error),
+re-apply the gamma and quantize to 8 bit.
+
+Command line (every :class:`SynthesisParams` field is a flag of the same name)::
+
+    python -m data.synthesize --input photos/ --output data/1_train/Synth --seed 0
+
+writes ``OUT/high/<stem>.png`` (the input as 8-bit sRGB) and ``OUT/low/<stem>.png``. Each image is
+drawn from a generator seeded by ``(seed, file name)``, so a result does not depend on which other
+files are in the folder or their order. Files are written atomically (temp file, then rename) and
+existing outputs of the same name are replaced. Unreadable inputs are reported by name and
+skipped; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from jsonargparse import ArgumentParser, set_parsing_settings
+
+from data.utils import DataError, list_images, load_image, save_png_atomic
+
+
+@dataclass
+class SynthesisParams:
+    """Low-light synthesis parameters; every ``*_min``/``*_max`` pair is a range sampled per image."""
+
+    exposure_min: float = 0.02
+    """Smallest exposure factor on linear light (sampled log-uniformly), in (0, 1]."""
+    exposure_max: float = 0.2
+    """Largest exposure factor on linear light, in [exposure_min, 1]."""
+    gamma: Literal["srgb", "power"] = "srgb"
+    """Transfer curve to undo and re-apply: 'srgb' (IEC 61966-2-1) or 'power' (x ** gamma_power)."""
+    gamma_power: float = 2.2
+    """Exponent of the 'power' curve, in [1, 3]."""
+    photon_count_min: float = 1000.0
+    """Fewest photo-electrons a white pixel collects at full exposure (log-uniform; fewer = more shot
+    noise), in [10, 1e6]."""
+    photon_count_max: float = 10000.0
+    """Most photo-electrons a white pixel collects at full exposure, in [photon_count_min, 1e6]."""
+    read_noise_min: float = 0.0005
+    """Smallest Gaussian read-noise sigma, as a fraction of full scale in linear light, in [0, 0.1]."""
+    read_noise_max: float = 0.005
+    """Largest Gaussian read-noise sigma, in [read_noise_min, 0.1]."""
+    color_cast: float = 0.1
+    """Per-channel gains are drawn from [1 - color_cast, 1 + color_cast]; 0 disables the cast; in [0, 0.5]."""
+
+    def __post_init__(self) -> None:
+        _check_range("exposure_min", self.exposure_min, 0.0, 1.0, low_open=True)
+        _check_range("exposure_max", self.exposure_max, self.exposure_min, 1.0)
+        if self.gamma not in ("srgb", "power"):
+            raise ValueError(f"gamma must be 'srgb' or 'power', got {self.gamma!r}")
+        _check_range("gamma_power", self.gamma_power, 1.0, 3.0)
+        _check_range("photon_count_min", self.photon_count_min, 10.0, 1e6)
+        _check_range("photon_count_max", self.photon_count_max, self.photon_count_min, 1e6)
+        _check_range("read_noise_min", self.read_noise_min, 0.0, 0.1)
+        _check_range("read_noise_max", self.read_noise_max, self.read_noise_min, 0.1)
+        _check_range("color_cast", self.color_cast, 0.0, 0.5)
+
+
+def _check_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    """Raise a ValueError naming the field unless ``low <= value <= high`` (``low < value`` if open)."""
+    ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """Inverse sRGB transfer curve (IEC 61966-2-1), elementwise on [0, 1]."""
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """sRGB transfer curve (IEC 61966-2-1), elementwise on [0, 1]."""
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def synthesize_low(high: np.ndarray, rng: np.random.Generator, params: SynthesisParams) -> np.ndarray:
+    """Turn a normal-light sRGB image into a dark, noisy one.
+
+    Args:
+        high: (H, W, 3) float sRGB image in [0, 1].
+        rng: the generator all random draws come from (see :func:`image_rng`).
+        params: ranges of the model's parameters.
+
+    Returns:
+        (H, W, 3) uint8 sRGB low-light image.
+    """
+    if high.ndim != 3 or high.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {high.shape}")
+    if not np.isfinite(high).all() or high.min() < 0.0 or high.max() > 1.0:
+        raise ValueError("expected finite values in [0, 1]")
+    x = high.astype(np.float64)
+    linear = srgb_to_linear(x) if params.gamma == "srgb" else x**params.gamma_power  # (H, W, 3)
+    exposure = _log_uniform(rng, params.exposure_min, params.exposure_max)
+    photons = _log_uniform(rng, params.photon_count_min, params.photon_count_max)  # at white, full exposure
+    read_sigma = rng.uniform(params.read_noise_min, params.read_noise_max)
+    electrons = rng.poisson(linear * exposure * photons)  # shot noise, (H, W, 3)
+    dark = electrons / photons + rng.normal(0.0, read_sigma, size=linear.shape)  # + read noise
+    gains = rng.uniform(1.0 - params.color_cast, 1.0 + params.color_cast, size=3)  # (3,) white-balance error
+    dark = np.clip(dark * gains, 0.0, 1.0)
+    out = linear_to_srgb(dark) if params.gamma == "srgb" else dark ** (1.0 / params.gamma_power)
+    return np.round(out * 255.0).astype(np.uint8)
+
+
+def image_rng(seed: int, name: str) -> np.random.Generator:
+    """A generator seeded from ``(seed, name)`` only, so results do not depend on file order."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return np.random.default_rng([seed, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
+
+
+def to_srgb8(image: np.ndarray, max_size: int | None = None) -> np.ndarray:
+    """(H, W, 3) float [0, 1] -> uint8, first shrinking (area filter) so the long side is <= max_size."""
+    height, width = image.shape[:2]
+    if max_size is not None and max(height, width) > max_size:
+        scale = max_size / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 wants (W, H)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def synthesize_folder(
+    input_dir: Path, output_dir: Path, seed: int, params: SynthesisParams, max_size: int | None = None
+) -> tuple[int, list[str]]:
+    """Write a high/low pair for every image in ``input_dir``; return (pairs written, problems)."""
+    files = list_images(input_dir)
+    if not files:
+        raise DataError(f"no images in {input_dir} (allowed: .png .jpg .jpeg .bmp .tif .tiff .webp)")
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    problems = [
+        f"{input_dir}: {', '.join(p.name for p in paths)} share the stem {stem!r}; skipped"
+        for stem, paths in by_stem.items()
+        if len(paths) > 1
+    ]
+    (output_dir / "high").mkdir(parents=True, exist_ok=True)
+    (output_dir / "low").mkdir(parents=True, exist_ok=True)
+    written = 0
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            continue
+        try:
+            image = load_image(paths[0]).permute(1, 2, 0).numpy()  # (H, W, 3) float32
+        except DataError as err:
+            problems.append(f"{err}; skipped")
+            continue
+        high = to_srgb8(image, max_size)  # (H, W, 3) uint8
+        low = synthesize_low(high / 255.0, image_rng(seed, paths[0].name), params)
+        save_png_atomic(output_dir / "high" / f"{stem}.png", high)
+        save_png_atomic(output_dir / "low" / f"{stem}.png", low)
+        written += 1
+    return written, problems
+
+
+def get_parser() -> ArgumentParser:
+    """The command-line parser: input/output/seed/max_size plus every SynthesisParams field."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog="python -m data.synthesize", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="config", help="YAML file with any of the flags below.")
+    parser.add_argument(
+        "--input", type=Path, required=True, help="Folder of normal-light images (top level)."
+    )
+    parser.add_argument("--output", type=Path, required=True, help="Folder that receives high/ and low/.")
+    parser.add_argument("--seed", type=int, default=0, help="Base seed (>= 0); each image uses (seed, name).")
+    parser.add_argument(
+        "--max_size", type=int | None, default=None, help="Shrink so the long side is at most this (pixels)."
+    )
+    parser.add_class_arguments(SynthesisParams, nested_key=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (1 if any input was skipped)."""
+    parser = get_parser()
+    cfg = parser.parse_args(argv)
+    try:
+        params = SynthesisParams(**{f.name: cfg[f.name] for f in fields(SynthesisParams)})
+    except ValueError as err:
+        parser.error(str(err))
+    if cfg.max_size is not None and cfg.max_size < 1:
+        parser.error(f"max_size must be a positive integer, got {cfg.max_size}")
+    if cfg.seed < 0:
+        parser.error(f"seed must be >= 0, got {cfg.seed}")
+    try:
+        written, problems = synthesize_folder(cfg.input, cfg.output, cfg.seed, params, cfg.max_size)
+    except (DataError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"wrote {written} pairs to {cfg.output} ({len(problems)} skipped)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

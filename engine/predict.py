@@ -1,0 +1,281 @@
+"""Bench and inference loops: enhance whole images (tiled when large), score them, write outputs.
+
+These loops run on one device outside a Lightning Trainer on purpose: every image is processed
+exactly once (no distributed sampler padding that would double-count images), outputs are written
+atomically one by one, and a bad file is reported without stopping the others.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import math
+import platform
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from data.utils import DataError, ImagePair, list_images, load_image, scan_split, validate_split
+from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer, quantize_8bit
+from utils.tiling import enhance_image
+from utils.utils import atomic_write_bytes, atomic_write_text, log
+
+
+class BenchError(RuntimeError):
+    """The bench could not score every image it was given."""
+
+
+# ------------------------------------------------------------------------------------ enhancing
+class Enhance:
+    """``(1, 3, H, W)`` in [0, 1] -> enhanced ``(1, 3, H, W)``, optionally averaged over the 8
+    flips/rotations (self-ensemble), with optional autocast."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, self_ensemble: bool = False,
+                 precision: str = "32-true") -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.self_ensemble = self_ensemble
+        self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            if not self.self_ensemble:
+                return self.model(x).float()
+            out = torch.zeros_like(x)
+            for k in range(4):
+                for flip in (False, True):
+                    t = torch.rot90(x, k, dims=(-2, -1))
+                    t = t.flip(-1) if flip else t
+                    y = self.model(t).float()
+                    y = y.flip(-1) if flip else y
+                    out += torch.rot90(y, -k, dims=(-2, -1))
+            return out / 8
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``(1, 3, H, W)`` any range -> ``(H, W, 3)`` uint8 (clamped and rounded)."""
+    return (quantize_8bit(x.float())[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """Encode to PNG in memory, then write atomically (temporary file + rename)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class TileSettings:
+    tile: int | None = None
+    """Tile side; None = whole image unless it exceeds max_pixels or runs out of memory."""
+    overlap: int = 32
+    max_pixels: int = 4096 * 4096
+
+
+def enhance_one(enhance: Enhance, x: torch.Tensor, tiles: TileSettings) -> tuple[torch.Tensor, dict]:
+    return enhance_image(enhance, x, tile=tiles.tile, overlap=tiles.overlap, max_pixels=tiles.max_pixels)
+
+
+# ---------------------------------------------------------------------------------------- bench
+@dataclass
+class BenchResult:
+    rows: list[dict]
+    summary: dict
+    tables: str
+    out_dir: Path
+    columns: list[str] = field(default_factory=list)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def run_bench(
+    enhance: Enhance, bench_data_path: str, out_dir: Path, metrics: list[str], strict: bool,
+    tiles: TileSettings, save_images: bool, checkpoint_path: str, logger=None,
+) -> BenchResult:
+    """Score every image of every sub-dataset under ``bench_data_path``; write bench.csv/json."""
+    pairs = validate_split(bench_data_path, require_high=False)
+    scorer = BenchScorer(metrics, device=enhance.device, strict=strict)
+    columns = scorer.columns
+    rows: list[dict] = []
+    total = sum(len(v) for v in pairs.values())
+    with tqdm(total=total, desc="bench", unit="img", dynamic_ncols=True) as bar:
+        for dataset, group in pairs.items():
+            for pair in group:
+                low = load_image(pair.low).unsqueeze(0)
+                high = load_image(pair.high).unsqueeze(0) if pair.high is not None else None
+                pred, _ = enhance_one(enhance, low, tiles)
+                scores = scorer.score(pred, high)
+                rows.append({"dataset": dataset, "image": pair.name, **scores})
+                if save_images:
+                    strip = [to_uint8(low), to_uint8(pred)] + ([to_uint8(high)] if high is not None else [])
+                    save_png(out_dir / "images" / dataset / f"{Path(pair.name).stem}.png", _strip(strip))
+                bar.update(1)
+    counts = defaultdict(int)
+    for row in rows:
+        counts[row["dataset"]] += 1
+    short = {d: (counts[d], len(g)) for d, g in pairs.items() if counts[d] != len(g)}
+    if short:
+        raise BenchError(f"bench scored fewer images than pairs (scored, pairs): {short}")
+    summary = _summarise(rows, pairs, columns, checkpoint_path, bench_data_path)
+    tables = markdown_tables(summary, columns)
+    _write_csv(out_dir / "bench.csv", rows, columns)
+    atomic_write_text(out_dir / "bench.json", json.dumps(summary, indent=2))
+    if logger is not None:
+        logger.add_text("bench/table", tables)
+        for dataset, info in summary["datasets"].items():
+            for key, value in info["means"].items():
+                if value is not None:
+                    logger.add_scalar(f"bench/{dataset}/{key}", value)
+    return BenchResult(rows, summary, tables, out_dir, columns)
+
+
+def _strip(images: list[np.ndarray]) -> np.ndarray:
+    gap = np.full((images[0].shape[0], 4, 3), 255, np.uint8)
+    parts = []
+    for i, image in enumerate(images):
+        parts += [gap, image] if i else [image]
+    return np.concatenate(parts, axis=1)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    numbers = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(numbers)) if numbers else None
+
+
+def _summarise(rows, pairs, columns, checkpoint_path, bench_data_path) -> dict:
+    import lightning
+    import pyiqa
+    import torchvision
+
+    datasets = {}
+    for dataset in pairs:
+        own = [r for r in rows if r["dataset"] == dataset]
+        datasets[dataset] = {
+            "images": len(own),
+            "has_ground_truth": any(p.high is not None for p in pairs[dataset]),
+            "means": {c: _mean([r[c] for r in own]) for c in columns},
+            "scored": {c: sum(r[c] is not None for r in own) for c in columns},
+        }
+    return {
+        "checkpoint_path": str(checkpoint_path),
+        "checkpoint_sha256": sha256_of(checkpoint_path) if Path(checkpoint_path).is_file() else None,
+        "bench_data_path": str(bench_data_path),
+        "protocol": PROTOCOL,
+        "datasets": datasets,
+        "versions": {
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__, "pyiqa": pyiqa.__version__, "numpy": np.__version__,
+        },
+    }
+
+
+def markdown_tables(summary: dict, columns: list[str]) -> str:
+    """One Markdown table per sub-dataset, the way papers report them."""
+    out = [f"Protocol: {PROTOCOL_SUMMARY}", ""]
+    for dataset, info in summary["datasets"].items():
+        gt = "" if info["has_ground_truth"] else " (no ground truth: reference metrics n/a)"
+        out += [f"**{dataset}** — {info['images']} images{gt}", "",
+                "| " + " | ".join(["images", *columns]) + " |",
+                "|" + "---|" * (len(columns) + 1),
+                "| " + " | ".join([str(info["images"]), *(_fmt(info["means"][c]) for c in columns)]) + " |", ""]
+    return "\n".join(out)
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["dataset", "image", *columns])
+    for row in rows:
+        writer.writerow([row["dataset"], row["image"], *(_fmt(row[c], 6) for c in columns)])
+    atomic_write_text(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------ inference
+@dataclass
+class InferSummary:
+    enhanced: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def collect_inputs(infer_data_path: str, input_path: str | None) -> list[tuple[str, Path]]:
+    """``(sub-dataset, file)`` to enhance: ``--input`` (a file, or a folder of images or of
+    sub-datasets with ``low/``) or every ``<infer_data_path>/*/low`` image."""
+    root = Path(input_path) if input_path else Path(infer_data_path)
+    if input_path and root.is_file():
+        return [(root.parent.name or "input", root)]
+    if not root.is_dir():
+        raise DataError(f"inference input not found: {root}")
+    if input_path and not any((p / "low").is_dir() for p in root.iterdir() if p.is_dir()):
+        files = list_images(root)
+        if not files:
+            raise DataError(f"no images in {root}")
+        return [(root.name, f) for f in files]
+    pairs: dict[str, list[ImagePair]] = scan_split(root, require_high=False)
+    return [(dataset, pair.low) for dataset, group in pairs.items() for pair in group]
+
+
+def run_infer(
+    enhance: Enhance, inputs: list[tuple[str, Path]], out_dir: Path, tiles: TileSettings, overwrite: bool,
+    checkpoint_path: str,
+) -> InferSummary:
+    """Enhance every input into ``out_dir/<sub-dataset>/<stem>.png``.
+
+    Finished outputs are skipped on a re-run (``overwrite`` redoes them); a folder holding outputs
+    of another checkpoint is refused unless ``overwrite`` (never silently mixed). A file that fails
+    is reported and gets no output; the others go on.
+    """
+    summary = InferSummary(out_dir=out_dir)
+    manifest_path = out_dir / "manifest.json"
+    digest = sha256_of(checkpoint_path) if Path(checkpoint_path).is_file() else str(checkpoint_path)
+    if manifest_path.is_file() and not overwrite:
+        previous = json.loads(manifest_path.read_text()).get("checkpoint_sha256")
+        if previous != digest:
+            raise DataError(
+                f"{out_dir} holds outputs of another checkpoint (sha256 {str(previous)[:12]}...); "
+                "pass --overwrite to replace them or choose another --experiment_name"
+            )
+    atomic_write_text(manifest_path, json.dumps({"checkpoint_path": str(checkpoint_path),
+                                                  "checkpoint_sha256": digest}, indent=2))
+    targets = [(src, out_dir / dataset / f"{src.stem}.png") for dataset, src in inputs]
+    seen: dict[Path, Path] = {}
+    for src, dst in targets:
+        if dst in seen:
+            raise DataError(f"{src} and {seen[dst]} would both be written to {dst}; rename one of them")
+        seen[dst] = src
+    for src, dst in tqdm(targets, desc="infer", unit="img", dynamic_ncols=True):
+        if dst.is_file() and not overwrite:
+            summary.skipped.append(dst)
+            continue
+        try:
+            x = load_image(src).unsqueeze(0)
+            pred, info = enhance_one(enhance, x, tiles)
+            if info.get("retries"):
+                log.info("%s: enhanced in %d px tiles after running out of memory", src, info["tile"])
+            save_png(dst, to_uint8(pred))
+        except (DataError, OSError) as error:
+            log.error("failed: %s: %s", src, error)
+            summary.failed.append((src, str(error)))
+            continue
+        summary.enhanced.append(dst)
+    return summary
+

@@ -1,0 +1,244 @@
+"""Tests for data/synthesize.py (library and CLI) and data/make_sample.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from data import make_sample
+from data.synthesize import (
+    SynthesisParams,
+    image_rng,
+    linear_to_srgb,
+    main,
+    srgb_to_linear,
+    synthesize_folder,
+    synthesize_low,
+)
+from data.utils import validate_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def photo(height: int = 48, width: int = 64) -> np.ndarray:
+    """(H, W, 3) float image in [0, 1] with smooth structure and mid-to-bright values."""
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    return np.clip(np.stack([0.3 + 0.6 * xx, 0.4 + 0.5 * yy, 0.8 - 0.4 * xx * yy], axis=2), 0, 1)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "data.synthesize", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_params_defaults_are_valid() -> None:
+    params = SynthesisParams()
+    assert 0 < params.exposure_min <= params.exposure_max <= 1 and params.gamma == "srgb"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("exposure_min", 0.0),
+        ("exposure_min", 1.5),
+        ("exposure_max", 0.01),  # below exposure_min
+        ("gamma", "log"),
+        ("gamma_power", 0.5),
+        ("photon_count_min", 1.0),
+        ("photon_count_max", 10.0),  # below photon_count_min
+        ("read_noise_min", -0.1),
+        ("read_noise_max", 0.5),
+        ("color_cast", 0.9),
+    ],
+)
+def test_params_range_validation(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        SynthesisParams(**{field: value})
+
+
+def test_srgb_round_trip() -> None:
+    x = np.linspace(0, 1, 101)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-9)
+
+
+def test_synthesize_low_is_dark_noisy_uint8() -> None:
+    high = photo()
+    low = synthesize_low(high, image_rng(0, "a.png"), SynthesisParams())
+    assert low.shape == high.shape and low.dtype == np.uint8
+    assert low.mean() / 255 < 0.5 * high.mean()  # darkened
+    flat = synthesize_low(
+        np.full((64, 64, 3), 0.5), image_rng(0, "flat.png"), SynthesisParams(color_cast=0.0)
+    )
+    assert flat.std() > 0  # sensor noise on a flat patch
+
+
+@pytest.mark.parametrize("gamma", ["srgb", "power"])
+def test_synthesize_low_deterministic_under_seed(gamma: str) -> None:
+    params = SynthesisParams(gamma=gamma)
+    first = synthesize_low(photo(), image_rng(0, "a.png"), params)
+    assert np.array_equal(first, synthesize_low(photo(), image_rng(0, "a.png"), params))
+    assert not np.array_equal(first, synthesize_low(photo(), image_rng(1, "a.png"), params))
+    assert not np.array_equal(first, synthesize_low(photo(), image_rng(0, "b.png"), params))
+
+
+def test_exposure_range_is_respected() -> None:
+    white = np.ones((32, 32, 3))
+    params = SynthesisParams(
+        exposure_min=0.1,
+        exposure_max=0.1,
+        photon_count_min=1e6,
+        photon_count_max=1e6,
+        read_noise_min=0,
+        read_noise_max=0,
+        color_cast=0,
+    )
+    low = synthesize_low(white, image_rng(0, "w.png"), params)
+    assert abs(low.mean() / 255 - linear_to_srgb(np.array(0.1))) < 0.01
+
+
+def test_synthesize_low_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="H, W, 3"):
+        synthesize_low(np.zeros((4, 4)), image_rng(0, "x"), SynthesisParams())
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        synthesize_low(np.full((4, 4, 3), 2.0), image_rng(0, "x"), SynthesisParams())
+    with pytest.raises(ValueError, match="seed"):
+        image_rng(-1, "x")
+
+
+def _write_inputs(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((photo(60, 80) * 255).astype(np.uint8)).save(folder / "a.jpg", quality=95)
+    cv2.imwrite(str(folder / "b 16bit.png"), (photo(30, 20)[..., ::-1] * 65535).astype(np.uint16))
+    (folder / "notes.txt").write_text("ignored")
+
+
+def test_cli_help() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in ["--input", "--output", "--seed", "--max_size", "--config", "--print_config"]:
+        assert flag in result.stdout
+    for field in fields(SynthesisParams):
+        assert f"--{field.name}" in result.stdout
+
+
+def test_cli_run_writes_pairs_and_is_deterministic(tmp_path: Path) -> None:
+    _write_inputs(tmp_path / "in")
+    out = tmp_path / "split" / "Synth"
+    result = run_cli("--input", str(tmp_path / "in"), "--output", str(out), "--max_size", "40")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "low").iterdir()) == ["a.png", "b 16bit.png"]  # no temp files left
+    assert sorted(p.name for p in (out / "high").iterdir()) == ["a.png", "b 16bit.png"]
+    assert (
+        Image.open(out / "high" / "a.png").size == (40, 30)
+        and Image.open(out / "high" / "a.png").mode == "RGB"
+    )
+    assert Image.open(out / "high" / "b 16bit.png").size == (20, 30)  # already small: not resized
+    validate_split(tmp_path / "split", require_high=True)  # the output is a valid sub-dataset
+    # In-process reruns: same seed -> identical bytes, another seed -> other low images, same high.
+    assert (
+        main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "again"), "--max_size", "40"]) == 0
+    )
+    assert (
+        main(
+            [
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(tmp_path / "s1"),
+                "--max_size",
+                "40",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    for name in ("a.png", "b 16bit.png"):
+        assert (out / "low" / name).read_bytes() == (tmp_path / "again" / "low" / name).read_bytes()
+        assert (out / "low" / name).read_bytes() != (tmp_path / "s1" / "low" / name).read_bytes()
+        assert (out / "high" / name).read_bytes() == (tmp_path / "s1" / "high" / name).read_bytes()
+
+
+def test_cli_result_independent_of_other_files(tmp_path: Path) -> None:
+    _write_inputs(tmp_path / "in")
+    (tmp_path / "solo").mkdir()
+    (tmp_path / "in" / "a.jpg").rename(tmp_path / "solo" / "a.jpg")
+    params = SynthesisParams()
+    synthesize_folder(tmp_path / "solo", tmp_path / "out_solo", 0, params)
+    (tmp_path / "solo" / "a.jpg").rename(tmp_path / "in" / "a.jpg")
+    synthesize_folder(tmp_path / "in", tmp_path / "out_all", 0, params)
+    assert (tmp_path / "out_solo/low/a.png").read_bytes() == (tmp_path / "out_all/low/a.png").read_bytes()
+
+
+def test_cli_bad_files_reported_and_skipped(tmp_path: Path) -> None:
+    _write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "broken.png").write_text("not an image")
+    (tmp_path / "in" / "empty.jpg").write_bytes(b"")
+    result = run_cli("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "broken.png" in result.stderr and "empty.jpg" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "low").iterdir()) == ["a.png", "b 16bit.png"]
+
+
+def test_cli_duplicate_stems_skipped(tmp_path: Path, capsys) -> None:
+    _write_inputs(tmp_path / "in")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
+    assert "a.jpg, a.png share the stem 'a'" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out" / "low").iterdir()) == ["b 16bit.png"]
+
+
+def test_cli_invalid_parameter_exits_2(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--input", "x", "--output", "y", "--exposure_min", "2"])
+    assert info.value.code == 2 and "exposure_min must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_cli_missing_input_folder(tmp_path: Path, capsys) -> None:
+    assert main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_cli_print_config_and_config_round_trip(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--input", "in", "--output", "out", "--exposure_max", "0.1", "--print_config"])
+    assert info.value.code == 0
+    config = capsys.readouterr().out
+    assert "exposure_max: 0.1" in config and "gamma: srgb" in config
+    _write_inputs(tmp_path / "in")
+    yaml = tmp_path / "cfg.yaml"
+    yaml.write_text(
+        config.replace("input: in", f"input: {tmp_path / 'in'}").replace(
+            "output: out", f"output: {tmp_path / 'o'}"
+        )
+    )
+    assert main(["--config", str(yaml)]) == 0
+    assert (tmp_path / "o" / "low" / "a.png").is_file()
+
+
+def test_make_sample_reproduces_the_shipped_sample(tmp_path: Path) -> None:
+    counts = make_sample.build_sample(tmp_path, seed=0, params=SynthesisParams())
+    assert counts == {"1_train": 10, "2_valid": 2, "3_bench": 2, "4_infer": 2}
+    shipped = sorted(p.relative_to(REPO / "sample") for p in (REPO / "sample").rglob("*") if p.is_file())
+    built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert shipped == built
+    for rel in built:
+        assert (tmp_path / rel).read_bytes() == (REPO / "sample" / rel).read_bytes(), rel
+
+
+def test_make_sample_refuses_to_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "1_train").mkdir()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        make_sample.main(output=tmp_path)

@@ -1,0 +1,156 @@
+"""Tiled inference equals whole-image inference for local functions, blends exactly, and handles
+out-of-memory errors by retrying with smaller tiles (never by writing a wrong image)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import Tensor
+
+from utils.tiling import enhance_image, enhance_tiled, is_out_of_memory
+
+RADIUS = 2  # receptive radius of the 5x5 convolution below
+
+
+def local_fn() -> torch.nn.Module:
+    """A fixed 5x5 convolution, 3 -> 3 channels, zero padding: output depends on inputs within RADIUS."""
+    conv = torch.nn.Conv2d(3, 3, kernel_size=2 * RADIUS + 1, padding=RADIUS)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.2)
+        conv.bias.copy_(torch.randn(3, generator=generator))
+    return conv.requires_grad_(False)
+
+
+def image(height: int, width: int) -> Tensor:
+    return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(height * 7919 + width))
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap"),
+    [(601, 399, 128, 4 * RADIUS), (1, 1, 64, 8), (3, 5, 64, 8), (1024, 1024, 256, 32), (130, 70, 64, 63)],
+)
+def test_tiled_equals_whole_for_local_fn(height: int, width: int, tile: int, overlap: int) -> None:
+    fn, x = local_fn(), image(height, width)
+    tiled = enhance_tiled(fn, x, tile, overlap)
+    assert tiled.shape == x.shape
+    assert torch.allclose(tiled, fn(x), atol=1e-5)
+
+
+def test_overlap_below_four_radii_is_not_exact() -> None:
+    """The documented condition overlap >= 4 * radius is needed: below it tile edges leak in."""
+    fn, x = local_fn(), image(300, 300)
+    assert (enhance_tiled(fn, x, 128, 4 * RADIUS - 1) - fn(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap"), [(601, 399, 128, 8), (257, 300, 64, 33), (50, 90, 16, 1)]
+)
+def test_blend_weights_sum_to_one(height: int, width: int, tile: int, overlap: int) -> None:
+    def constant(t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    assert torch.allclose(
+        enhance_tiled(constant, image(height, width), tile, overlap),
+        torch.ones(1, 3, height, width),
+        atol=1e-6,
+    )
+
+
+def test_identity_is_exact_and_every_tile_runs_once() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def identity(t: Tensor) -> Tensor:
+        calls.append(tuple(t.shape))
+        return t.clone()
+
+    x = image(601, 399)
+    assert torch.allclose(enhance_tiled(identity, x, 256, 32), x, atol=1e-6)
+    assert len(calls) == 3 * 2  # ceil((601 - 32) / 224) rows, 2 columns; last ones border-aligned
+    assert all(shape == (1, 3, 256, 256) for shape in calls)
+
+
+def test_failing_tile_raises() -> None:
+    calls = 0
+
+    def broken(t: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ValueError("tile 3 exploded")
+        return t
+
+    with pytest.raises(ValueError, match="tile 3 exploded"):
+        enhance_image(broken, image(300, 300), tile=128, overlap=16, max_pixels=10**6)
+
+
+def test_out_of_memory_retries_with_smaller_tiles(caplog: pytest.LogCaptureFixture) -> None:
+    conv = local_fn()
+    sizes: list[int] = []
+
+    def fragile(t: Tensor) -> Tensor:
+        sizes.append(max(t.shape[-2:]))
+        if max(t.shape[-2:]) > 100:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return conv(t)
+
+    x = image(300, 280)
+    with caplog.at_level(logging.WARNING, logger="utils.tiling"):
+        out, info = enhance_image(fragile, x, tile=None, overlap=8, max_pixels=10**6, min_tile=64)
+    assert info == {"mode": "tiled", "tile": 75, "overlap": 8, "retries": 2}
+    assert sizes[:2] == [300, 150]
+    assert torch.allclose(out, conv(x), atol=1e-5)
+    messages = [r.message for r in caplog.records]
+    assert len(messages) == 2 and "whole 300x280" in messages[0] and "150px tiles" in messages[0]
+    assert "retrying with 75px tiles" in messages[1]
+
+
+def test_cpu_allocation_failure_is_retried_other_errors_are_not() -> None:
+    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    assert is_out_of_memory(cpu_oom) and is_out_of_memory(torch.cuda.OutOfMemoryError("x"))
+    assert not is_out_of_memory(RuntimeError("size mismatch")) and not is_out_of_memory(MemoryError())
+
+    def big_fails(t: Tensor) -> Tensor:
+        if t.shape[-1] > 200:
+            raise cpu_oom
+        return t
+
+    out, info = enhance_image(big_fails, image(10, 400), tile=400, overlap=8, max_pixels=10**6)
+    assert info["tile"] == 200 and info["retries"] == 1 and out.shape == (1, 3, 10, 400)
+
+    def wrong(t: Tensor) -> Tensor:
+        raise RuntimeError("size mismatch")
+
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        enhance_image(wrong, image(300, 300), tile=None, overlap=8, max_pixels=10**6)
+
+
+def test_always_out_of_memory_ends_with_clear_error() -> None:
+    def hopeless(t: Tensor) -> Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="--tile") as caught:
+        enhance_image(hopeless, image(600, 500), tile=None, overlap=16, max_pixels=10**6)
+    assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+    with pytest.raises(RuntimeError, match="--tile"):
+        enhance_image(hopeless, image(100, 100), tile=None, overlap=16, max_pixels=10**6)
+
+
+def test_whole_or_tiled_by_size() -> None:
+    fn, x = local_fn(), image(200, 300)
+    out, info = enhance_image(fn, x, tile=None, overlap=8, max_pixels=200 * 300)
+    assert info["mode"] == "whole" and torch.equal(out, fn(x))
+    out, info = enhance_image(fn, x, tile=None, overlap=8, max_pixels=150 * 150)
+    assert info == {"mode": "tiled", "tile": 150, "overlap": 8, "retries": 0}
+    assert torch.allclose(out, fn(x), atol=1e-5)
+    _, info = enhance_image(fn, x, tile=128, overlap=8, max_pixels=10**9)
+    assert info["mode"] == "tiled" and info["tile"] == 128
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        enhance_tiled(torch.nn.Identity(), image(10, 10), tile=8, overlap=8)
+    with pytest.raises(ValueError, match="shape"):
+        enhance_tiled(lambda t: t[..., :-1], image(10, 10), tile=8, overlap=2)
