@@ -6,7 +6,7 @@ sample is ``python train.py --config configs/sample.yaml``.
 """
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from utils.hparams import (
     DataHparams,
@@ -27,6 +27,12 @@ class TrainHparams(TrainLoopHparams, RuntimeHparams, OptimHparams, ModelHparams,
     """32-true, bf16-mixed or 16-mixed (use 16-mixed on GPUs without bfloat16, e.g. V100, T4)."""
     resume: bool = False
     """Continue the newest run of this experiment: unfinished sessions restart from last.ckpt."""
+    bench_data_path: str = "data/3_bench"
+    """After training, benchmark the final best checkpoint on this split (skipped if it does not exist)."""
+    infer_data_path: str = "data/4_infer"
+    """After training, enhance this split's low/ images (skipped if it does not exist)."""
+    bench_metrics: list[str] = field(default_factory=lambda: ["PSNR", "SSIM", "LPIPS", "NIQE", "BRISQUE"])
+    """Metrics of the closing bench table."""
 
     def __post_init__(self) -> None:
         check_all_groups(self)
@@ -38,9 +44,10 @@ def get_hparams() -> TrainHparams:
 
 
 def main(hp: TrainHparams) -> None:
-    from engine.runner import run_training  # heavy imports after argument parsing
+    from engine.runner import evaluate_run, run_training  # heavy imports after argument parsing
 
     run_dir, results = run_training(hp)
+    closing = evaluate_run(hp, run_dir, results[-1].best_checkpoint) if results else ""
     print(f"\nIllRecNet training finished: {run_dir}")
     for r in results:
         print(
@@ -48,6 +55,7 @@ def main(hp: TrainHparams) -> None:
             f"(epochs {r.epochs}, steps {r.global_step})\n"
             f"    best checkpoint: {r.best_checkpoint}\n    last checkpoint: {r.last_checkpoint}"
         )
+    print(closing)
     print(f"TensorBoard logs: {run_dir}\n  tensorboard --logdir {run_dir.parent}")
 
 

@@ -149,3 +149,41 @@ def _finish_session(session, trainer, module, datamodule) -> SessionResult:
         valid_psnr=float(metrics["valid/psnr"]), valid_ssim=float(metrics["valid/ssim"]),
         valid_total=float(metrics[MONITOR]), epochs=trainer.current_epoch, global_step=trainer.global_step,
     )
+
+
+def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
+    """Close a run the way a newcomer wants to see it: a bench table and enhanced images of the
+    bench/infer splits (each skipped with a note when its folder does not exist). Rank 0 only."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from engine.predict import TileSettings, collect_inputs
+    from model.model import load_checkpoint
+
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0:
+        return ""
+    engine = LightningEngine(accelerator=hp.accelerator, devices=1, precision=hp.precision, seed=hp.seed)
+    module = load_checkpoint(checkpoint)
+    lines = []
+    if Path(hp.bench_data_path).is_dir():
+        writer = SummaryWriter(str(run_dir / "bench"))
+        try:
+            result = engine.bench(
+                module, bench_data_path=hp.bench_data_path, out_dir=run_dir / "bench", metrics=hp.bench_metrics,
+                strict=False, tiles=TileSettings(), save_images=True, checkpoint_path=checkpoint, logger=writer,
+            )
+        finally:
+            writer.close()
+        lines += [f"\nBench of {checkpoint} on {hp.bench_data_path}:\n", result.tables,
+                  f"bench files: {run_dir / 'bench'}"]
+    else:
+        lines.append(f"no bench split at {hp.bench_data_path}; skipped the closing bench")
+    if Path(hp.infer_data_path).is_dir():
+        summary = engine.infer(
+            module, inputs=collect_inputs(hp.infer_data_path, None), out_dir=run_dir / "inference",
+            tiles=TileSettings(), overwrite=False, checkpoint_path=checkpoint,
+        )
+        lines.append(f"enhanced images: {run_dir / 'inference'} ({len(summary.enhanced)} written, "
+                     f"{len(summary.failed)} failed)")
+    else:
+        lines.append(f"no infer split at {hp.infer_data_path}; skipped the closing inference")
+    return "\n".join(lines)

@@ -88,10 +88,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def tmp_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """torch.hub.get_dir() (through TORCH_HOME) points at an empty folder; downloads not allowed."""
+    """torch.hub.get_dir() (through TORCH_HOME) points at an empty folder; downloads switched off."""
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(metrics.DOWNLOAD_ENV, raising=False)
+    monkeypatch.setenv(metrics.DOWNLOAD_ENV, "0")
     return tmp_path / "torch" / "hub"
 
 

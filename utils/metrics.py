@@ -60,7 +60,8 @@ ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 _TORCHMETRICS_LPIPS_ALEX = Path(torchmetrics.__file__).parent / "functional/image/lpips_models/alex.pth"
 _LPIPS_LINEAR_SHA256 = "df73285e"  # sha256 prefix that pyiqa puts in the file name
 DOWNLOAD_ENV = "ILLRECNET_IQA_DOWNLOAD"
-"""Set to 1 to let pyiqa/torchvision download missing LPIPS weights (online machines only)."""
+"""Set to 0 to stop pyiqa/torchvision from trying to download missing LPIPS weights (default: try,
+each socket operation bounded by ``DOWNLOAD_TIMEOUT_S``)."""
 DOWNLOAD_TIMEOUT_S = 20.0
 """Bound on each socket operation of an allowed LPIPS download, so an offline machine never hangs."""
 
@@ -195,7 +196,7 @@ class BenchScorer:
     The pyiqa metrics are built once, here. NIQE and BRISQUE load LIVE's parameters from `assets/iqa/`
     and never touch the network. LPIPS uses the weights in the torch hub cache (`lpips_weight_files`);
     when they are missing it logs one line saying which files go where and scores `None`, unless
-    `allow_download` (default: env `ILLRECNET_IQA_DOWNLOAD=1`) lets pyiqa fetch them, each socket
+    `allow_download` (default: yes, unless env `ILLRECNET_IQA_DOWNLOAD=0`) lets pyiqa fetch them, each socket
     operation bounded by `DOWNLOAD_TIMEOUT_S`. A metric that cannot score an image (too small for it, or
     a non-finite result) gives `None` with one warning per metric. With `strict=True` each of these
     cases raises `MetricUnavailableError` instead.
@@ -218,7 +219,7 @@ class BenchScorer:
         self.strict = strict
         self.gt_mean = gt_mean
         if allow_download is None:
-            allow_download = os.environ.get(DOWNLOAD_ENV, "").lower() in {"1", "true", "yes"}
+            allow_download = os.environ.get(DOWNLOAD_ENV, "1").lower() not in {"0", "false", "no"}
         self.allow_download = allow_download
         self._warned: set[str] = set()
         self._nets: dict[str, torch.nn.Module | None] = {}
@@ -257,7 +258,7 @@ class BenchScorer:
         if not missing:
             return pyiqa.create_metric("lpips", device=self.device, **options)
         where = "; ".join(f"{p.name} -> {p.parent}/" for p in missing)
-        hint = f"online, pyiqa fetches them itself when {DOWNLOAD_ENV}=1 (or allow_download=True)"
+        hint = f"online, pyiqa fetches them itself unless {DOWNLOAD_ENV}=0"
         if not self.allow_download:
             self._unavailable("LPIPS", f"LPIPS unavailable (n/a): missing weights, put {where} ({hint})")
             return None
