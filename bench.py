@@ -67,16 +67,28 @@ def main(hp: BenchHparams) -> None:
     from engine.runner import new_run_dir
     from model.model import load_checkpoint
 
-    engine = LightningEngine(accelerator=hp.accelerator, devices=hp.devices, num_nodes=hp.num_nodes,
-                             precision=hp.precision, seed=hp.seed)
+    engine = LightningEngine(
+        accelerator=hp.accelerator,
+        devices=hp.devices,
+        num_nodes=hp.num_nodes,
+        precision=hp.precision,
+        seed=hp.seed,
+    )
     module = load_checkpoint(hp.checkpoint_path)
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
     writer = SummaryWriter(str(out_dir))
     try:
         result = engine.bench(
-            module, self_ensemble=hp.self_ensemble, bench_data_path=hp.bench_data_path, out_dir=out_dir,
-            metrics=hp.metrics, strict=hp.strict_metrics, tiles=TileSettings(hp.tile, hp.tile_overlap),
-            save_images=hp.save_images, checkpoint_path=hp.checkpoint_path, logger=writer,
+            module,
+            self_ensemble=hp.self_ensemble,
+            bench_data_path=hp.bench_data_path,
+            out_dir=out_dir,
+            metrics=hp.metrics,
+            strict=hp.strict_metrics,
+            tiles=TileSettings(hp.tile, hp.tile_overlap),
+            save_images=hp.save_images,
+            checkpoint_path=hp.checkpoint_path,
+            logger=writer,
         )
     finally:
         writer.close()

@@ -56,17 +56,29 @@ def main(hp: InferHparams) -> None:
     from engine.predict import TileSettings, collect_inputs
     from model.model import load_checkpoint
 
-    engine = LightningEngine(accelerator=hp.accelerator, devices=hp.devices, num_nodes=hp.num_nodes,
-                             precision=hp.precision, seed=hp.seed)
+    engine = LightningEngine(
+        accelerator=hp.accelerator,
+        devices=hp.devices,
+        num_nodes=hp.num_nodes,
+        precision=hp.precision,
+        seed=hp.seed,
+    )
     module = load_checkpoint(hp.checkpoint_path)
     inputs = collect_inputs(hp.infer_data_path, hp.input)
     out_dir = Path(hp.log_dir) / hp.experiment_name / "inference"
     summary = engine.infer(
-        module, self_ensemble=hp.self_ensemble, inputs=inputs, out_dir=out_dir,
-        tiles=TileSettings(hp.tile, hp.tile_overlap), overwrite=hp.overwrite, checkpoint_path=hp.checkpoint_path,
+        module,
+        self_ensemble=hp.self_ensemble,
+        inputs=inputs,
+        out_dir=out_dir,
+        tiles=TileSettings(hp.tile, hp.tile_overlap),
+        overwrite=hp.overwrite,
+        checkpoint_path=hp.checkpoint_path,
     )
-    print(f"\nenhanced {len(summary.enhanced)}, skipped (already done) {len(summary.skipped)}, "
-          f"failed {len(summary.failed)}; outputs in {out_dir}")
+    print(
+        f"\nenhanced {len(summary.enhanced)}, skipped (already done) {len(summary.skipped)}, "
+        f"failed {len(summary.failed)}; outputs in {out_dir}"
+    )
     for path, reason in summary.failed:
         print(f"  failed: {path}: {reason}")
     if summary.failed:

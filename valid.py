@@ -45,15 +45,22 @@ def main(hp: ValidHparams) -> None:
     from utils.utils import atomic_write_text
 
     engine = LightningEngine(
-        accelerator=hp.accelerator, devices=hp.devices, num_nodes=hp.num_nodes, strategy=hp.strategy,
-        precision=hp.precision, seed=hp.seed,
+        accelerator=hp.accelerator,
+        devices=hp.devices,
+        num_nodes=hp.num_nodes,
+        strategy=hp.strategy,
+        precision=hp.precision,
+        seed=hp.seed,
     )
     module = load_checkpoint(hp.checkpoint_path)
     datamodule = LowLightDataModule(valid_data_path=hp.valid_data_path, num_workers=hp.num_workers)
     metrics = engine.valid(module, datamodule)[0]
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
-    report = {"checkpoint_path": hp.checkpoint_path, "valid_data_path": hp.valid_data_path,
-              **{k: float(v) for k, v in metrics.items()}}
+    report = {
+        "checkpoint_path": hp.checkpoint_path,
+        "valid_data_path": hp.valid_data_path,
+        **{k: float(v) for k, v in metrics.items()},
+    }
     atomic_write_text(out_dir / "valid.json", json.dumps(report, indent=2))
     print(f"\nValidation of {hp.checkpoint_path} on {hp.valid_data_path}")
     for key, value in metrics.items():

@@ -40,8 +40,14 @@ class LightningEngine:
     """
 
     def __init__(
-        self, accelerator: str = "auto", devices: str | int = "auto", num_nodes: int = 1, strategy: str = "auto",
-        precision: str = "32-true", seed: int = 42, deterministic: bool = False,
+        self,
+        accelerator: str = "auto",
+        devices: str | int = "auto",
+        num_nodes: int = 1,
+        strategy: str = "auto",
+        precision: str = "32-true",
+        seed: int = 42,
+        deterministic: bool = False,
     ) -> None:
         self.accelerator = accelerator
         self.devices = devices
@@ -77,8 +83,14 @@ class LightningEngine:
         ckpt_dir = session_dir / "checkpoints"
         callbacks = [
             ModelCheckpoint(
-                dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="min", save_top_k=1, save_last=True,
-                auto_insert_metric_name=False, enable_version_counter=False,
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=MONITOR,
+                mode="min",
+                save_top_k=1,
+                save_last=True,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
             ),
             EarlyStopping(monitor=MONITOR, mode="min", patience=patience),
             LearningRateMonitor(logging_interval="step"),
@@ -89,8 +101,13 @@ class LightningEngine:
         )
         return self.trainer(callbacks, logger=logger, **loop)
 
-    def train(self, module: L.LightningModule, datamodule: L.LightningDataModule, trainer: L.Trainer,
-              ckpt_path: str | None = None) -> None:
+    def train(
+        self,
+        module: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        trainer: L.Trainer,
+        ckpt_path: str | None = None,
+    ) -> None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     def valid(self, module: L.LightningModule, datamodule: L.LightningDataModule) -> list[dict[str, float]]:
@@ -106,8 +123,11 @@ class LightningEngine:
         """The single device of bench/infer. They process each image exactly once in one process, so
         asking for several devices runs on the first one (with a message) instead of splitting work."""
         if self.devices not in ("auto", 1, "1") or self.num_nodes > 1:
-            log.warning("bench/infer run on one device; ignoring devices=%s num_nodes=%s",
-                        self.devices, self.num_nodes)
+            log.warning(
+                "bench/infer run on one device; ignoring devices=%s num_nodes=%s",
+                self.devices,
+                self.num_nodes,
+            )
         if self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available()):
             return torch.device("cuda", 0)
         if self.accelerator == "mps" or (self.accelerator == "auto" and torch.backends.mps.is_available()):

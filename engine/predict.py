@@ -35,8 +35,13 @@ class Enhance:
     """``(1, 3, H, W)`` in [0, 1] -> enhanced ``(1, 3, H, W)``, optionally averaged over the 8
     flips/rotations (self-ensemble), with optional autocast."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, self_ensemble: bool = False,
-                 precision: str = "32-true") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        self_ensemble: bool = False,
+        precision: str = "32-true",
+    ) -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.self_ensemble = self_ensemble
@@ -45,8 +50,11 @@ class Enhance:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
             if not self.self_ensemble:
                 return self.model(x).float()
             out = torch.zeros_like(x)
@@ -107,8 +115,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def run_bench(
-    enhance: Enhance, bench_data_path: str, out_dir: Path, metrics: list[str], strict: bool,
-    tiles: TileSettings, save_images: bool, checkpoint_path: str, logger=None,
+    enhance: Enhance,
+    bench_data_path: str,
+    out_dir: Path,
+    metrics: list[str],
+    strict: bool,
+    tiles: TileSettings,
+    save_images: bool,
+    checkpoint_path: str,
+    logger=None,
 ) -> BenchResult:
     """Score every image of every sub-dataset under ``bench_data_path``; write bench.csv/json."""
     pairs = validate_split(bench_data_path, require_high=False)
@@ -181,8 +196,12 @@ def _summarise(rows, pairs, columns, checkpoint_path, bench_data_path) -> dict:
         "protocol": PROTOCOL,
         "datasets": datasets,
         "versions": {
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "lightning": lightning.__version__, "pyiqa": pyiqa.__version__, "numpy": np.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__,
+            "pyiqa": pyiqa.__version__,
+            "numpy": np.__version__,
         },
     }
 
@@ -192,10 +211,14 @@ def markdown_tables(summary: dict, columns: list[str]) -> str:
     out = [f"Protocol: {PROTOCOL_SUMMARY}", ""]
     for dataset, info in summary["datasets"].items():
         gt = "" if info["has_ground_truth"] else " (no ground truth: reference metrics n/a)"
-        out += [f"**{dataset}** — {info['images']} images{gt}", "",
-                "| " + " | ".join(["images", *columns]) + " |",
-                "|" + "---|" * (len(columns) + 1),
-                "| " + " | ".join([str(info["images"]), *(_fmt(info["means"][c]) for c in columns)]) + " |", ""]
+        out += [
+            f"**{dataset}** — {info['images']} images{gt}",
+            "",
+            "| " + " | ".join(["images", *columns]) + " |",
+            "|" + "---|" * (len(columns) + 1),
+            "| " + " | ".join([str(info["images"]), *(_fmt(info["means"][c]) for c in columns)]) + " |",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -235,7 +258,11 @@ def collect_inputs(infer_data_path: str, input_path: str | None) -> list[tuple[s
 
 
 def run_infer(
-    enhance: Enhance, inputs: list[tuple[str, Path]], out_dir: Path, tiles: TileSettings, overwrite: bool,
+    enhance: Enhance,
+    inputs: list[tuple[str, Path]],
+    out_dir: Path,
+    tiles: TileSettings,
+    overwrite: bool,
     checkpoint_path: str,
 ) -> InferSummary:
     """Enhance every input into ``out_dir/<sub-dataset>/<stem>.png``.
@@ -254,8 +281,10 @@ def run_infer(
                 f"{out_dir} holds outputs of another checkpoint (sha256 {str(previous)[:12]}...); "
                 "pass --overwrite to replace them or choose another --experiment_name"
             )
-    atomic_write_text(manifest_path, json.dumps({"checkpoint_path": str(checkpoint_path),
-                                                  "checkpoint_sha256": digest}, indent=2))
+    atomic_write_text(
+        manifest_path,
+        json.dumps({"checkpoint_path": str(checkpoint_path), "checkpoint_sha256": digest}, indent=2),
+    )
     targets = [(src, out_dir / dataset / f"{src.stem}.png") for dataset, src in inputs]
     seen: dict[Path, Path] = {}
     for src, dst in targets:
@@ -278,4 +307,3 @@ def run_infer(
             continue
         summary.enhanced.append(dst)
     return summary
-

@@ -46,7 +46,9 @@ def new_run_dir(experiment_dir: Path) -> Path:
     """Create and return ``experiment_dir/version_<N>`` with the next free N (race-free)."""
     experiment_dir.mkdir(parents=True, exist_ok=True)
     while True:
-        taken = [int(m.group(1)) for p in experiment_dir.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+        taken = [
+            int(m.group(1)) for p in experiment_dir.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))
+        ]
         candidate = experiment_dir / f"version_{max(taken, default=-1) + 1}"
         try:
             candidate.mkdir()
@@ -59,7 +61,11 @@ def latest_run_dir(experiment_dir: Path) -> Path | None:
     """The newest ``version_<N>`` folder, or None."""
     if not experiment_dir.is_dir():
         return None
-    runs = [(int(m.group(1)), p) for p in experiment_dir.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    runs = [
+        (int(m.group(1)), p)
+        for p in experiment_dir.iterdir()
+        if (m := re.fullmatch(r"version_(\d+)", p.name))
+    ]
     return max(runs)[1] if runs else None
 
 
@@ -79,27 +85,48 @@ def resolve_run_dir(experiment_dir: Path, resume: bool) -> Path:
 
 def build_datamodule(hp: DataHparams) -> LowLightDataModule:
     return LowLightDataModule(
-        train_data_path=hp.train_data_path, valid_data_path=hp.valid_data_path, image_size=hp.image_size,
-        batch_size=hp.batch_size, num_workers=hp.num_workers, train_repeat=hp.train_repeat,
+        train_data_path=hp.train_data_path,
+        valid_data_path=hp.valid_data_path,
+        image_size=hp.image_size,
+        batch_size=hp.batch_size,
+        num_workers=hp.num_workers,
+        train_repeat=hp.train_repeat,
     )
 
 
 def build_module(hp: ModelHparams | OptimHparams, session: str) -> LowLightEnhancerLightning:
     return LowLightEnhancerLightning(
-        channels=hp.channels, kernel_size=hp.kernel_size, sigma=hp.sigma,
-        trainable_separation=session == "trainable", embed_dim=hp.embed_dim, num_heads=hp.num_heads,
-        mlp_ratio=hp.mlp_ratio, num_resolution=hp.num_resolution, dropout_ratio=hp.dropout_ratio,
-        lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay,
-        warmup_ratio=hp.warmup_ratio, min_lr_ratio=hp.min_lr_ratio, mae_weight=hp.mae_weight,
-        mse_weight=hp.mse_weight, num_log_images=hp.num_log_images,
+        channels=hp.channels,
+        kernel_size=hp.kernel_size,
+        sigma=hp.sigma,
+        trainable_separation=session == "trainable",
+        embed_dim=hp.embed_dim,
+        num_heads=hp.num_heads,
+        mlp_ratio=hp.mlp_ratio,
+        num_resolution=hp.num_resolution,
+        dropout_ratio=hp.dropout_ratio,
+        lr=hp.lr,
+        betas=tuple(hp.betas),
+        eps=hp.eps,
+        weight_decay=hp.weight_decay,
+        warmup_ratio=hp.warmup_ratio,
+        min_lr_ratio=hp.min_lr_ratio,
+        mae_weight=hp.mae_weight,
+        mse_weight=hp.mse_weight,
+        num_log_images=hp.num_log_images,
     )
 
 
 def run_training(hp) -> tuple[Path, list[SessionResult]]:
     """Run the requested sessions of ``hp`` (a ``TrainHparams``); returns the run folder and results."""
     engine = LightningEngine(
-        accelerator=hp.accelerator, devices=hp.devices, num_nodes=hp.num_nodes, strategy=hp.strategy,
-        precision=hp.precision, seed=hp.seed, deterministic=hp.deterministic,
+        accelerator=hp.accelerator,
+        devices=hp.devices,
+        num_nodes=hp.num_nodes,
+        strategy=hp.strategy,
+        precision=hp.precision,
+        seed=hp.seed,
+        deterministic=hp.deterministic,
     )
     run_dir = resolve_run_dir(Path(hp.log_dir) / hp.experiment_name, hp.resume)
     sessions = SESSIONS if hp.session == "both" else (hp.session,)
@@ -120,12 +147,17 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
         module = build_module(hp, session)
         if ckpt_path is None and session == "trainable" and results:
             # The trainable session starts from the frozen session's best weights.
-            state = torch.load(results[-1].best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+            state = torch.load(results[-1].best_checkpoint, map_location="cpu", weights_only=True)[
+                "state_dict"
+            ]
             module.load_state_dict(state)
             log.info("session trainable starts from %s", results[-1].best_checkpoint)
         trainer = engine.fit_trainer(
-            session_dir, patience=hp.patience, max_epochs=hp.max_epochs,
-            check_val_every_n_epoch=hp.check_val_every_n_epoch, log_every_n_steps=hp.log_every_n_steps,
+            session_dir,
+            patience=hp.patience,
+            max_epochs=hp.max_epochs,
+            check_val_every_n_epoch=hp.check_val_every_n_epoch,
+            log_every_n_steps=hp.log_every_n_steps,
             gradient_clip_val=hp.gradient_clip_val or None,
         )
         datamodule = build_datamodule(hp)
@@ -145,9 +177,14 @@ def _finish_session(session, trainer, module, datamodule) -> SessionResult:
     best = callback.best_model_path or callback.last_model_path
     metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     return SessionResult(
-        session=session, best_checkpoint=best, last_checkpoint=str(Path(callback.dirpath) / "last.ckpt"),
-        valid_psnr=float(metrics["valid/psnr"]), valid_ssim=float(metrics["valid/ssim"]),
-        valid_total=float(metrics[MONITOR]), epochs=trainer.current_epoch, global_step=trainer.global_step,
+        session=session,
+        best_checkpoint=best,
+        last_checkpoint=str(Path(callback.dirpath) / "last.ckpt"),
+        valid_psnr=float(metrics["valid/psnr"]),
+        valid_ssim=float(metrics["valid/ssim"]),
+        valid_total=float(metrics[MONITOR]),
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
     )
 
 
@@ -168,22 +205,38 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
         writer = SummaryWriter(str(run_dir / "bench"))
         try:
             result = engine.bench(
-                module, bench_data_path=hp.bench_data_path, out_dir=run_dir / "bench", metrics=hp.bench_metrics,
-                strict=False, tiles=TileSettings(), save_images=True, checkpoint_path=checkpoint, logger=writer,
+                module,
+                bench_data_path=hp.bench_data_path,
+                out_dir=run_dir / "bench",
+                metrics=hp.bench_metrics,
+                strict=False,
+                tiles=TileSettings(),
+                save_images=True,
+                checkpoint_path=checkpoint,
+                logger=writer,
             )
         finally:
             writer.close()
-        lines += [f"\nBench of {checkpoint} on {hp.bench_data_path}:\n", result.tables,
-                  f"bench files: {run_dir / 'bench'}"]
+        lines += [
+            f"\nBench of {checkpoint} on {hp.bench_data_path}:\n",
+            result.tables,
+            f"bench files: {run_dir / 'bench'}",
+        ]
     else:
         lines.append(f"no bench split at {hp.bench_data_path}; skipped the closing bench")
     if Path(hp.infer_data_path).is_dir():
         summary = engine.infer(
-            module, inputs=collect_inputs(hp.infer_data_path, None), out_dir=run_dir / "inference",
-            tiles=TileSettings(), overwrite=False, checkpoint_path=checkpoint,
+            module,
+            inputs=collect_inputs(hp.infer_data_path, None),
+            out_dir=run_dir / "inference",
+            tiles=TileSettings(),
+            overwrite=False,
+            checkpoint_path=checkpoint,
         )
-        lines.append(f"enhanced images: {run_dir / 'inference'} ({len(summary.enhanced)} written, "
-                     f"{len(summary.failed)} failed)")
+        lines.append(
+            f"enhanced images: {run_dir / 'inference'} ({len(summary.enhanced)} written, "
+            f"{len(summary.failed)} failed)"
+        )
     else:
         lines.append(f"no infer split at {hp.infer_data_path}; skipped the closing inference")
     return "\n".join(lines)

@@ -54,8 +54,14 @@ class LowLightEnhancerLightning(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = Enhancer(
-            channels=channels, kernel_size=kernel_size, sigma=sigma, trainable_separation=trainable_separation,
-            embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, num_resolution=num_resolution,
+            channels=channels,
+            kernel_size=kernel_size,
+            sigma=sigma,
+            trainable_separation=trainable_separation,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_resolution=num_resolution,
             dropout_ratio=dropout_ratio,
         )
         self.loss = MaeMseLoss(mae_weight, mse_weight)
@@ -92,8 +98,13 @@ class LowLightEnhancerLightning(L.LightningModule):
     def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int, on_step: bool) -> None:
         for i, key in enumerate(("mae", "mse", "total"), start=1):
             self.log(
-                f"{stage}/{i}_{key}", losses[key], on_step=on_step, on_epoch=True, batch_size=batch_size,
-                prog_bar=key == "total", sync_dist=not on_step,
+                f"{stage}/{i}_{key}",
+                losses[key],
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=batch_size,
+                prog_bar=key == "total",
+                sync_dist=not on_step,
             )
 
     # --------------------------------------------------------------------------------- validation
@@ -102,8 +113,13 @@ class LowLightEnhancerLightning(L.LightningModule):
         pred, illumination, reflectance = self.model(low, return_maps=True)
         self._log_losses("valid", self.loss(pred, high), low.shape[0], on_step=False)
         pred8 = quantize_8bit(pred.float())
-        self.log("valid/psnr", psnr(pred8, high.float()).mean(), batch_size=low.shape[0], sync_dist=True,
-                 prog_bar=True)
+        self.log(
+            "valid/psnr",
+            psnr(pred8, high.float()).mean(),
+            batch_size=low.shape[0],
+            sync_dist=True,
+            prog_bar=True,
+        )
         self.log("valid/ssim", ssim(pred8, high.float()).mean(), batch_size=low.shape[0], sync_dist=True)
         if batch_idx < self.hparams.num_log_images:
             name = batch["name"][0] if "name" in batch else str(batch_idx)
@@ -119,7 +135,8 @@ class LowLightEnhancerLightning(L.LightningModule):
                 for name, grid in images:
                     logger.experiment.add_image(
                         f"valid_images/{name} (low | enhanced | high | illumination | reflectance)",
-                        grid, global_step=self.global_step,
+                        grid,
+                        global_step=self.global_step,
                     )
 
     # ---------------------------------------------------------------------------------- optimizer
@@ -166,8 +183,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle garbage, foreign formats
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint): {error}") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or not a torch checkpoint): {error}"
+        ) from error
+    if (
+        not isinstance(checkpoint, dict)
+        or "state_dict" not in checkpoint
+        or "hyper_parameters" not in checkpoint
+    ):
         keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a Lightning checkpoint of IllRecNet (top-level keys: {keys})")
     try:
@@ -190,8 +213,10 @@ def check_state_dict(module: torch.nn.Module, state_dict: dict, source: str | Pa
         if tuple(own[k].shape) != tuple(state_dict[k].shape)
     ]
     if missing or unexpected or shapes:
+
         def short(items: list[str]) -> str:
             return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
         raise CheckpointError(
             f"weights in {source} do not match the architecture: missing keys [{short(missing)}], "
             f"unexpected keys [{short(unexpected)}], mismatched shapes [{short(shapes)}]"

@@ -58,11 +58,15 @@ class ModelHparams:
 
     def __post_init__(self) -> None:
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
-        _check(self.kernel_size >= 1 and self.kernel_size % 2 == 1,
-               f"kernel_size must be a positive odd number, got {self.kernel_size}")
+        _check(
+            self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+            f"kernel_size must be a positive odd number, got {self.kernel_size}",
+        )
         _check(self.sigma > 0, f"sigma must be > 0, got {self.sigma}")
-        _check(self.embed_dim >= 1 and self.num_heads >= 1 and self.embed_dim % self.num_heads == 0,
-               f"embed_dim ({self.embed_dim}) must be a positive multiple of num_heads ({self.num_heads})")
+        _check(
+            self.embed_dim >= 1 and self.num_heads >= 1 and self.embed_dim % self.num_heads == 0,
+            f"embed_dim ({self.embed_dim}) must be a positive multiple of num_heads ({self.num_heads})",
+        )
         _check(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         _check(1 <= self.num_resolution <= 6, f"num_resolution must be in 1..6, got {self.num_resolution}")
         _check(0 <= self.dropout_ratio < 1, f"dropout_ratio must be in [0, 1), got {self.dropout_ratio}")
@@ -90,14 +94,18 @@ class OptimHparams:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-               f"betas must be two numbers in [0, 1), got {self.betas}")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas}",
+        )
         _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.mae_weight >= 0 and self.mse_weight >= 0 and self.mae_weight + self.mse_weight > 0,
-               "mae_weight and mse_weight must be >= 0 and not both 0")
+        _check(
+            self.mae_weight >= 0 and self.mse_weight >= 0 and self.mae_weight + self.mse_weight > 0,
+            "mae_weight and mse_weight must be >= 0 and not both 0",
+        )
 
 
 @dataclass
@@ -122,8 +130,10 @@ class RuntimeHparams:
     def __post_init__(self) -> None:
         _check(self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(bool(self.experiment_name.strip()) and "/" not in self.experiment_name,
-               f"experiment_name must be a non-empty folder name, got {self.experiment_name!r}")
+        _check(
+            bool(self.experiment_name.strip()) and "/" not in self.experiment_name,
+            f"experiment_name must be a non-empty folder name, got {self.experiment_name!r}",
+        )
 
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")

@@ -54,7 +54,12 @@ class Decoder(nn.Module):
     """
 
     def __init__(
-        self, channels: int, embed_dim: int, num_heads: int, mlp_ratio: float, num_resolution: int,
+        self,
+        channels: int,
+        embed_dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        num_resolution: int,
         dropout_ratio: float,
     ) -> None:
         super().__init__()
@@ -101,8 +106,15 @@ class Enhancer(nn.Module):
     """
 
     def __init__(
-        self, channels: int = 3, kernel_size: int = 15, sigma: float = 3.0, trainable_separation: bool = False,
-        embed_dim: int = 32, num_heads: int = 2, mlp_ratio: float = 2.0, num_resolution: int = 3,
+        self,
+        channels: int = 3,
+        kernel_size: int = 15,
+        sigma: float = 3.0,
+        trainable_separation: bool = False,
+        embed_dim: int = 32,
+        num_heads: int = 2,
+        mlp_ratio: float = 2.0,
+        num_resolution: int = 3,
         dropout_ratio: float = 0.0,
     ) -> None:
         super().__init__()
@@ -122,4 +134,3 @@ class Enhancer(nn.Module):
         if return_maps:
             return out, crop_to(illumination, size), crop_to(reflectance, size)
         return out
-

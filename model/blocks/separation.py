@@ -29,7 +29,11 @@ class Separation(nn.Module):
     """
 
     def __init__(
-        self, channels: int = 3, kernel_size: int = 15, sigma: float = 3.0, trainable: bool = False,
+        self,
+        channels: int = 3,
+        kernel_size: int = 15,
+        sigma: float = 3.0,
+        trainable: bool = False,
         eps: float = 1e-4,
     ) -> None:
         super().__init__()
