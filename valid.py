@@ -17,7 +17,7 @@ class ValidHparams(RuntimeHparams):
     """Validate a checkpoint."""
 
     checkpoint_path: str = ""
-    """Checkpoint to evaluate (required), e.g. runs/train/illrecnet/version_0/trainable/checkpoints/best.ckpt."""
+    """Checkpoint to evaluate (required), e.g. .../version_0/trainable/checkpoints/best.ckpt"""
     valid_data_path: str = "data/2_valid"
     """Validation split: sub-datasets with low/ and high/."""
     num_workers: int = 2
