@@ -40,8 +40,6 @@ class BenchHparams(RuntimeHparams):
 
     def __post_init__(self) -> None:
         check_all_groups(self)
-        if not self.checkpoint_path:
-            raise ValueError("--checkpoint_path is required")
         from utils.metrics import METRICS
 
         unknown = sorted({m.upper() for m in self.metrics} - set(METRICS))
@@ -96,5 +94,5 @@ def main(hp: BenchHparams) -> None:
 
 
 if __name__ == "__main__":
-    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:])
+    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:], required=("checkpoint_path",))
     run_main(main, hparams)

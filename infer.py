@@ -37,8 +37,6 @@ class InferHparams(RuntimeHparams):
 
     def __post_init__(self) -> None:
         check_all_groups(self)
-        if not self.checkpoint_path:
-            raise ValueError("--checkpoint_path is required")
         if self.tile is not None and self.tile < 16:
             raise ValueError(f"--tile must be >= 16, got {self.tile}")
         if self.tile_overlap < 0:
@@ -86,5 +84,5 @@ def main(hp: InferHparams) -> None:
 
 
 if __name__ == "__main__":
-    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:])
+    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:], required=("checkpoint_path",))
     run_main(main, hparams)

@@ -27,8 +27,6 @@ class ValidHparams(RuntimeHparams):
 
     def __post_init__(self) -> None:
         check_all_groups(self)
-        if not self.checkpoint_path:
-            raise ValueError("--checkpoint_path is required")
 
 
 def get_hparams() -> ValidHparams:
@@ -69,5 +67,5 @@ def main(hp: ValidHparams) -> None:
 
 
 if __name__ == "__main__":
-    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:])
+    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:], required=("checkpoint_path",))
     run_main(main, hparams)

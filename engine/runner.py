@@ -106,7 +106,7 @@ def build_module(hp: ModelHparams | OptimHparams, session: str) -> LowLightEnhan
         num_resolution=hp.num_resolution,
         dropout_ratio=hp.dropout_ratio,
         lr=hp.lr,
-        betas=tuple(hp.betas),
+        betas=list(hp.betas),
         eps=hp.eps,
         weight_decay=hp.weight_decay,
         warmup_ratio=hp.warmup_ratio,

@@ -26,11 +26,17 @@ def build_parser(hparams_type: type, description: str) -> ArgumentParser:
     return parser
 
 
-def parse_hparams(hparams_type: type[T], description: str, argv: Sequence[str] | None = None) -> T:
-    """Parse the command line into ``hparams_type``; a wrong value exits with a one-line message."""
+def parse_hparams(
+    hparams_type: type[T], description: str, argv: Sequence[str] | None = None, required: Sequence[str] = ()
+) -> T:
+    """Parse the command line into ``hparams_type``; a wrong value exits with a one-line message.
+    ``required`` fields must be given a non-empty value (on the command line or in a config)."""
     parser = build_parser(hparams_type, description)
     namespace = parser.parse_args(argv)
     values = {f.name: namespace[f.name] for f in dataclasses.fields(hparams_type)}
+    for name in required:
+        if not values[name]:
+            parser.error(f"--{name} is required")
     try:
         return hparams_type(**values)
     except (ValueError, TypeError) as error:

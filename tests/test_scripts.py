@@ -1,0 +1,246 @@
+"""End to end through the real scripts (subprocesses), on the shipped sample with a tiny model."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from engine.predict import Enhance
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample"
+TINY = ["--embed_dim", "8", "--num_heads", "1", "--accelerator", "cpu", "--devices", "1", "--num_workers", "0"]
+
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ILLRECNET_IQA_DOWNLOAD": "0", **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """One train.py run with both sessions, its closing bench and inference."""
+    log_dir = tmp_path_factory.mktemp("runs")
+    proc = run(
+        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY,
+        "--image_size", "32", "--batch_size", "4", "--train_repeat", "1", "--max_epochs", "2",
+        "--log_dir", str(log_dir), "--experiment_name", "e2e", "--bench_metrics", "[PSNR, SSIM]",
+    )  # fmt: skip
+    run_dir = log_dir / "e2e" / "version_0"
+    return {"proc": proc, "run_dir": run_dir, "log_dir": log_dir}
+
+
+def scalars_and_images(session_dir: Path) -> tuple[set[str], set[str]]:
+    tags_scalars, tags_images = set(), set()
+    for event_file in session_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        tags_scalars |= set(acc.Tags()["scalars"])
+        tags_images |= set(acc.Tags()["images"])
+    return tags_scalars, tags_images
+
+
+def test_train_writes_checkpoints_logs_and_summary_for_both_sessions(trained):
+    run_dir, out = trained["run_dir"], trained["proc"].stdout
+    for session in ("frozen", "trainable"):
+        session_dir = run_dir / session
+        assert (session_dir / "checkpoints" / "best.ckpt").is_file()
+        assert (session_dir / "checkpoints" / "last.ckpt").is_file()
+        hparams = yaml.safe_load((session_dir / "hparams.yaml").read_text())
+        assert hparams["embed_dim"] == 8 and hparams["trainable_separation"] == (session == "trainable")
+        scalars, images = scalars_and_images(session_dir)
+        for tag in ("train/1_mae", "train/2_mse", "train/3_total", "valid/1_mae", "valid/2_mse", "valid/3_total",
+                    "valid/psnr", "valid/ssim"):  # fmt: skip
+            assert any(t.startswith(tag) for t in scalars), (session, tag, scalars)
+        assert any(t.startswith("lr-AdamW") for t in scalars), scalars
+        assert len(images) == 2, images  # num_log_images in configs/sample.yaml
+        result = json.loads((session_dir / "result.json").read_text())
+        assert result["epochs"] == 2 and np.isfinite(result["valid_psnr"])
+        assert f"{result['valid_psnr']:.2f} dB" in out
+    assert f"tensorboard --logdir {run_dir.parent}" in out
+    # Frozen separation kept its sigma; the trainable session learned it.
+    frozen = torch.load(run_dir / "frozen/checkpoints/best.ckpt", weights_only=True)["state_dict"]
+    trainable = torch.load(run_dir / "trainable/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    key = "model.separation.log_sigma"
+    assert torch.allclose(frozen[key], torch.full((3,), np.log(3.0)))
+    assert not torch.equal(frozen[key], trainable[key])
+
+
+def test_train_closes_with_bench_table_and_inference(trained):
+    run_dir, out = trained["run_dir"], trained["proc"].stdout
+    assert "| images | PSNR | SSIM | PSNR_GTmean | SSIM_GTmean |" in out
+    rows = list(csv.DictReader((run_dir / "bench" / "bench.csv").open()))
+    assert len(rows) == len(list((SAMPLE / "3_bench" / "SkimageSynth" / "low").iterdir()))
+    outputs = sorted((run_dir / "inference" / "SkimageSynth").glob("*.png"))
+    assert [p.stem for p in outputs] == sorted(p.stem for p in (SAMPLE / "4_infer/SkimageSynth/low").iterdir())
+
+
+def test_second_run_with_same_name_gets_its_own_folder(trained, tmp_path):
+    log_dir = trained["log_dir"]
+    run(
+        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY, "--image_size", "32",
+        "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen", "--log_dir", str(log_dir),
+        "--experiment_name", "e2e", "--bench_data_path", str(tmp_path / "none"),
+        "--infer_data_path", str(tmp_path / "none"),
+    )  # fmt: skip
+    assert (log_dir / "e2e" / "version_1" / "frozen" / "checkpoints" / "best.ckpt").is_file()
+    assert not (log_dir / "e2e" / "version_1" / "trainable").exists()
+    assert (trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_valid_from_checkpoint_alone(trained, tmp_path):
+    ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
+    proc = run("valid.py", "--checkpoint_path", str(ckpt), "--valid_data_path", str(SAMPLE / "2_valid"),
+               "--accelerator", "cpu", "--num_workers", "0", "--log_dir", str(tmp_path))  # fmt: skip
+    report = json.loads(next(tmp_path.glob("*/version_0/valid.json")).read_text())
+    expected = json.loads((trained["run_dir"] / "trainable" / "result.json").read_text())["valid_psnr"]
+    assert report["valid/psnr"] == pytest.approx(expected, abs=1e-3)
+    assert "valid/psnr" in proc.stdout
+
+
+def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):
+    ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
+    bench_root = tmp_path / "bench_split"
+    shutil.copytree(SAMPLE / "3_bench", bench_root)
+    (bench_root / "NoGT" / "low").mkdir(parents=True)  # a sub-dataset without ground truth
+    shutil.copy(SAMPLE / "4_infer/SkimageSynth/low" / sorted(os.listdir(SAMPLE / "4_infer/SkimageSynth/low"))[0],
+                bench_root / "NoGT" / "low" / "only.png")  # fmt: skip
+    proc = run("bench.py", "--checkpoint_path", str(ckpt), "--bench_data_path", str(bench_root),
+               "--metrics", "[PSNR, SSIM, NIQE]", "--save_images", "true", "--accelerator", "cpu",
+               "--log_dir", str(tmp_path / "bench"))  # fmt: skip
+    out_dir = next((tmp_path / "bench").glob("*/version_0"))
+    rows = list(csv.DictReader((out_dir / "bench.csv").open()))
+    assert list(rows[0])[:5] == ["dataset", "image", "PSNR", "SSIM", "NIQE"]
+    summary = json.loads((out_dir / "bench.json").read_text())
+    assert summary["datasets"]["SkimageSynth"]["images"] == 2 and summary["datasets"]["NoGT"]["images"] == 1
+    assert len(summary["checkpoint_sha256"]) == 64 and "pyiqa" in summary["versions"]
+    assert "**NoGT** — 1 images (no ground truth" in proc.stdout
+    nogt = [r for r in rows if r["dataset"] == "NoGT"][0]
+    assert nogt["PSNR"] == "n/a" and nogt["SSIM"] == "n/a" and nogt["NIQE"] != "n/a"
+    strips = list((out_dir / "images" / "SkimageSynth").glob("*.png"))
+    assert len(strips) == 2
+    # Enhance the same split with infer.py and recompute PSNR from the saved 8-bit files.
+    run("infer.py", "--checkpoint_path", str(ckpt), "--infer_data_path", str(bench_root), "--accelerator", "cpu",
+        "--log_dir", str(tmp_path / "infer"), "--experiment_name", "x")  # fmt: skip
+    for row in rows:
+        if row["dataset"] != "SkimageSynth":
+            continue
+        stem = Path(row["image"]).stem
+        enhanced = np.asarray(Image.open(tmp_path / "infer/x/inference/SkimageSynth" / f"{stem}.png"))
+        high = np.asarray(Image.open(bench_root / "SkimageSynth/high" / row["image"]).convert("RGB"))
+        assert float(row["PSNR"]) == pytest.approx(peak_signal_noise_ratio(high, enhanced, data_range=255), abs=1e-3)
+
+
+def test_bench_lpips_offline_is_na_not_zero(trained, tmp_path):
+    ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
+    env = {"TORCH_HOME": str(tmp_path / "empty_hub")}
+    args = ["--checkpoint_path", str(ckpt), "--bench_data_path", str(SAMPLE / "3_bench"), "--metrics",
+            "[PSNR, LPIPS]", "--accelerator", "cpu", "--log_dir", str(tmp_path / "b")]  # fmt: skip
+    proc = run("bench.py", *args, env=env)
+    assert "alexnet-owt-7be5be79.pth" in proc.stderr  # the one line naming the missing file
+    rows = list(csv.DictReader(next((tmp_path / "b").glob("*/version_0/bench.csv")).open()))
+    assert all(r["LPIPS"] == "n/a" for r in rows) and all(float(r["PSNR"]) > 0 for r in rows)
+    strict = run("bench.py", *args, "--strict_metrics", "true", env=env, check=False)
+    assert strict.returncode != 0 and "LPIPS" in strict.stderr
+
+
+def test_infer_sizes_names_rerun_and_bad_files(trained, tmp_path):
+    ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 60, (399, 601, 3), dtype=np.uint8)).save(folder / "ночь 01.png")
+    Image.fromarray(rng.integers(0, 60, (1, 1, 3), dtype=np.uint8)).save(folder / "tiny.png")
+    Image.fromarray(rng.integers(0, 60, (5, 3), dtype=np.uint8), mode="L").save(folder / "grey.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    args = ["--checkpoint_path", str(ckpt), "--input", str(folder), "--accelerator", "cpu",
+            "--log_dir", str(tmp_path / "out"), "--experiment_name", "inf"]  # fmt: skip
+    first = run("infer.py", *args, check=False)
+    assert first.returncode != 0 and "broken.jpg" in first.stdout + first.stderr
+    out = tmp_path / "out" / "inf" / "inference" / "photos"
+    assert Image.open(out / "ночь 01.png").size == (601, 399)
+    assert Image.open(out / "tiny.png").size == (1, 1)
+    assert Image.open(out / "grey.png").mode == "RGB" and Image.open(out / "grey.png").size == (3, 5)
+    assert not (out / "broken.png").exists()
+    assert "enhanced 3" in first.stdout and "failed 1" in first.stdout
+    (folder / "broken.jpg").unlink()
+    second = run("infer.py", *args)
+    assert "enhanced 0, skipped (already done) 3" in second.stdout
+    single = run("infer.py", *args[:2], "--input", str(folder / "tiny.png"), *args[4:], "--overwrite", "true")
+    assert "enhanced 1" in single.stdout
+
+
+@pytest.mark.parametrize("script", ["train.py", "valid.py", "bench.py", "infer.py"])
+def test_help(script):
+    out = run(script, "--help").stdout
+    assert "--config" in out and "--print_config" in out
+    if script != "train.py":
+        assert "--checkpoint_path" in out
+    else:
+        for flag in ("--train_data_path", "--image_size", "--embed_dim", "--lr", "--precision", "--patience"):
+            assert flag in out
+
+
+def test_print_config_and_config_round_trip(tmp_path):
+    printed = run("train.py", "--image_size", "96", "--embed_dim", "16", "--print_config").stdout
+    config = yaml.safe_load(printed)
+    assert config["image_size"] == 96 and config["embed_dim"] == 16 and config["precision"] == "bf16-mixed"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(printed)
+    again = run("train.py", "--config", str(path), "--print_config").stdout
+    assert yaml.safe_load(again) == config
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kernel_size", "4"], "kernel_size must be a positive odd number"),
+        (["--image_size", "abc"], "image_size"),
+        (["--precision", "12"], "precision must be one of"),
+        (["--embed_dim", "10", "--num_heads", "3"], "multiple of num_heads"),
+    ],
+)
+def test_wrong_values_get_a_message_not_a_traceback(args, message):
+    proc = run("train.py", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_self_ensemble_averages_the_eight_transforms():
+    class ShiftRight(torch.nn.Module):  # not flip/rotation equivariant
+        def forward(self, x):
+            return torch.roll(x, 1, dims=-1)
+
+    class Double(torch.nn.Module):  # equivariant
+        def forward(self, x):
+            return 2 * x
+
+    x = torch.rand(1, 3, 6, 6)
+    cpu = torch.device("cpu")
+    assert torch.allclose(Enhance(Double(), cpu, self_ensemble=True)(x), 2 * x)
+    ensemble = Enhance(ShiftRight(), cpu, self_ensemble=True)(x)
+    # The 8 conjugates of a one-pixel shift are the four one-pixel shifts, twice each.
+    expected = sum(torch.roll(x, s, dims=d) for s in (1, -1) for d in (-1, -2)) / 4
+    assert torch.allclose(ensemble, expected, atol=1e-6)
