@@ -20,7 +20,18 @@ from engine.predict import Enhance
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
-TINY = ["--embed_dim", "8", "--num_heads", "1", "--accelerator", "cpu", "--devices", "1", "--num_workers", "0"]
+TINY = [
+    "--embed_dim",
+    "8",
+    "--num_heads",
+    "1",
+    "--accelerator",
+    "cpu",
+    "--devices",
+    "1",
+    "--num_workers",
+    "0",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +46,9 @@ def run(script: str, *args: str, env: dict | None = None, check: bool = True) ->
         env={**os.environ, "ILLRECNET_IQA_DOWNLOAD": "0", **(env or {})},
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -94,7 +107,9 @@ def test_train_closes_with_bench_table_and_inference(trained):
     rows = list(csv.DictReader((run_dir / "bench" / "bench.csv").open()))
     assert len(rows) == len(list((SAMPLE / "3_bench" / "SkimageSynth" / "low").iterdir()))
     outputs = sorted((run_dir / "inference" / "SkimageSynth").glob("*.png"))
-    assert [p.stem for p in outputs] == sorted(p.stem for p in (SAMPLE / "4_infer/SkimageSynth/low").iterdir())
+    assert [p.stem for p in outputs] == sorted(
+        p.stem for p in (SAMPLE / "4_infer/SkimageSynth/low").iterdir()
+    )
 
 
 def test_second_run_with_same_name_gets_its_own_folder(trained, tmp_path):
@@ -150,7 +165,9 @@ def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):
         stem = Path(row["image"]).stem
         enhanced = np.asarray(Image.open(tmp_path / "infer/x/inference/SkimageSynth" / f"{stem}.png"))
         high = np.asarray(Image.open(bench_root / "SkimageSynth/high" / row["image"]).convert("RGB"))
-        assert float(row["PSNR"]) == pytest.approx(peak_signal_noise_ratio(high, enhanced, data_range=255), abs=1e-3)
+        assert float(row["PSNR"]) == pytest.approx(
+            peak_signal_noise_ratio(high, enhanced, data_range=255), abs=1e-3
+        )
 
 
 def test_bench_lpips_offline_is_na_not_zero(trained, tmp_path):
@@ -244,3 +261,30 @@ def test_self_ensemble_averages_the_eight_transforms():
     # The 8 conjugates of a one-pixel shift are the four one-pixel shifts, twice each.
     expected = sum(torch.roll(x, s, dims=d) for s in (1, -1) for d in (-1, -2)) / 4
     assert torch.allclose(ensemble, expected, atol=1e-6)
+
+
+def test_ddp_two_cpu_processes_one_epoch(tmp_path):
+    """train.py --accelerator cpu --devices 2 --strategy ddp (gloo): one run folder, rank-0 files only,
+    and each rank sees half of the training pairs per epoch."""
+    run(
+        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY[:4], "--num_workers", "0",
+        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--image_size", "32",
+        "--batch_size", "4", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
+        "--log_dir", str(tmp_path), "--experiment_name", "ddp", "--bench_data_path", str(tmp_path / "none"),
+        "--infer_data_path", str(tmp_path / "none"),
+    )  # fmt: skip
+    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["version_0"]
+    result = json.loads((tmp_path / "ddp/version_0/frozen/result.json").read_text())
+    pairs = len(list((SAMPLE / "1_train/SkimageSynth/low").iterdir()))
+    assert result["global_step"] == -(-(-(-pairs // 2)) // 4)  # ceil(ceil(pairs / 2) / batch)
+    assert len(list((tmp_path / "ddp/version_0/frozen").glob("events.out.tfevents.*"))) >= 1
+    assert sorted(p.name for p in (tmp_path / "ddp/version_0/frozen/checkpoints").iterdir()) == [
+        "best.ckpt", "last.ckpt"]  # fmt: skip
+
+
+def test_infer_with_several_devices_runs_once_on_one(trained, tmp_path):
+    ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
+    proc = run("infer.py", "--checkpoint_path", str(ckpt), "--infer_data_path", str(SAMPLE / "4_infer"),
+               "--accelerator", "cpu", "--devices", "2", "--log_dir", str(tmp_path))  # fmt: skip
+    assert "run on one device" in proc.stderr
+    assert "enhanced 2," in proc.stdout
