@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -57,10 +58,25 @@ def trained(tmp_path_factory) -> dict:
     """One train.py run with both sessions, its closing bench and inference."""
     log_dir = tmp_path_factory.mktemp("runs")
     proc = run(
-        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY,
-        "--image_size", "32", "--batch_size", "4", "--train_repeat", "1", "--max_epochs", "2",
-        "--log_dir", str(log_dir), "--experiment_name", "e2e", "--bench_metrics", "[PSNR, SSIM]",
-    )  # fmt: skip
+        "train.py",
+        "--config",
+        str(ROOT / "configs" / "sample.yaml"),
+        *TINY,
+        "--image_size",
+        "32",
+        "--batch_size",
+        "4",
+        "--train_repeat",
+        "1",
+        "--max_epochs",
+        "2",
+        "--log_dir",
+        str(log_dir),
+        "--experiment_name",
+        "e2e",
+        "--bench_metrics",
+        "[PSNR, SSIM]",
+    )
     run_dir = log_dir / "e2e" / "version_0"
     return {"proc": proc, "run_dir": run_dir, "log_dir": log_dir}
 
@@ -84,8 +100,16 @@ def test_train_writes_checkpoints_logs_and_summary_for_both_sessions(trained):
         hparams = yaml.safe_load((session_dir / "hparams.yaml").read_text())
         assert hparams["embed_dim"] == 8 and hparams["trainable_separation"] == (session == "trainable")
         scalars, images = scalars_and_images(session_dir)
-        for tag in ("train/1_mae", "train/2_mse", "train/3_total", "valid/1_mae", "valid/2_mse", "valid/3_total",
-                    "valid/psnr", "valid/ssim"):  # fmt: skip
+        for tag in (
+            "train/1_mae",
+            "train/2_mse",
+            "train/3_total",
+            "valid/1_mae",
+            "valid/2_mse",
+            "valid/3_total",
+            "valid/psnr",
+            "valid/ssim",
+        ):
             assert any(t.startswith(tag) for t in scalars), (session, tag, scalars)
         assert any(t.startswith("lr-AdamW") for t in scalars), scalars
         assert len(images) == 2, images  # num_log_images in configs/sample.yaml
@@ -115,11 +139,27 @@ def test_train_closes_with_bench_table_and_inference(trained):
 def test_second_run_with_same_name_gets_its_own_folder(trained, tmp_path):
     log_dir = trained["log_dir"]
     run(
-        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY, "--image_size", "32",
-        "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen", "--log_dir", str(log_dir),
-        "--experiment_name", "e2e", "--bench_data_path", str(tmp_path / "none"),
-        "--infer_data_path", str(tmp_path / "none"),
-    )  # fmt: skip
+        "train.py",
+        "--config",
+        str(ROOT / "configs" / "sample.yaml"),
+        *TINY,
+        "--image_size",
+        "32",
+        "--train_repeat",
+        "1",
+        "--max_epochs",
+        "1",
+        "--session",
+        "frozen",
+        "--log_dir",
+        str(log_dir),
+        "--experiment_name",
+        "e2e",
+        "--bench_data_path",
+        str(tmp_path / "none"),
+        "--infer_data_path",
+        str(tmp_path / "none"),
+    )
     assert (log_dir / "e2e" / "version_1" / "frozen" / "checkpoints" / "best.ckpt").is_file()
     assert not (log_dir / "e2e" / "version_1" / "trainable").exists()
     assert (trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt").is_file()
@@ -127,8 +167,19 @@ def test_second_run_with_same_name_gets_its_own_folder(trained, tmp_path):
 
 def test_valid_from_checkpoint_alone(trained, tmp_path):
     ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
-    proc = run("valid.py", "--checkpoint_path", str(ckpt), "--valid_data_path", str(SAMPLE / "2_valid"),
-               "--accelerator", "cpu", "--num_workers", "0", "--log_dir", str(tmp_path))  # fmt: skip
+    proc = run(
+        "valid.py",
+        "--checkpoint_path",
+        str(ckpt),
+        "--valid_data_path",
+        str(SAMPLE / "2_valid"),
+        "--accelerator",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--log_dir",
+        str(tmp_path),
+    )
     report = json.loads(next(tmp_path.glob("*/version_0/valid.json")).read_text())
     expected = json.loads((trained["run_dir"] / "trainable" / "result.json").read_text())["valid_psnr"]
     assert report["valid/psnr"] == pytest.approx(expected, abs=1e-3)
@@ -140,11 +191,23 @@ def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):
     bench_root = tmp_path / "bench_split"
     shutil.copytree(SAMPLE / "3_bench", bench_root)
     (bench_root / "NoGT" / "low").mkdir(parents=True)  # a sub-dataset without ground truth
-    shutil.copy(SAMPLE / "4_infer/SkimageSynth/low" / sorted(os.listdir(SAMPLE / "4_infer/SkimageSynth/low"))[0],
-                bench_root / "NoGT" / "low" / "only.png")  # fmt: skip
-    proc = run("bench.py", "--checkpoint_path", str(ckpt), "--bench_data_path", str(bench_root),
-               "--metrics", "[PSNR, SSIM, NIQE]", "--save_images", "true", "--accelerator", "cpu",
-               "--log_dir", str(tmp_path / "bench"))  # fmt: skip
+    infer_low = SAMPLE / "4_infer/SkimageSynth/low"
+    shutil.copy(infer_low / sorted(os.listdir(infer_low))[0], bench_root / "NoGT" / "low" / "only.png")
+    proc = run(
+        "bench.py",
+        "--checkpoint_path",
+        str(ckpt),
+        "--bench_data_path",
+        str(bench_root),
+        "--metrics",
+        "[PSNR, SSIM, NIQE]",
+        "--save_images",
+        "true",
+        "--accelerator",
+        "cpu",
+        "--log_dir",
+        str(tmp_path / "bench"),
+    )
     out_dir = next((tmp_path / "bench").glob("*/version_0"))
     rows = list(csv.DictReader((out_dir / "bench.csv").open()))
     assert list(rows[0])[:5] == ["dataset", "image", "PSNR", "SSIM", "NIQE"]
@@ -157,8 +220,19 @@ def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):
     strips = list((out_dir / "images" / "SkimageSynth").glob("*.png"))
     assert len(strips) == 2
     # Enhance the same split with infer.py and recompute PSNR from the saved 8-bit files.
-    run("infer.py", "--checkpoint_path", str(ckpt), "--infer_data_path", str(bench_root), "--accelerator", "cpu",
-        "--log_dir", str(tmp_path / "infer"), "--experiment_name", "x")  # fmt: skip
+    run(
+        "infer.py",
+        "--checkpoint_path",
+        str(ckpt),
+        "--infer_data_path",
+        str(bench_root),
+        "--accelerator",
+        "cpu",
+        "--log_dir",
+        str(tmp_path / "infer"),
+        "--experiment_name",
+        "x",
+    )
     for row in rows:
         if row["dataset"] != "SkimageSynth":
             continue
@@ -173,8 +247,18 @@ def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):
 def test_bench_lpips_offline_is_na_not_zero(trained, tmp_path):
     ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
     env = {"TORCH_HOME": str(tmp_path / "empty_hub")}
-    args = ["--checkpoint_path", str(ckpt), "--bench_data_path", str(SAMPLE / "3_bench"), "--metrics",
-            "[PSNR, LPIPS]", "--accelerator", "cpu", "--log_dir", str(tmp_path / "b")]  # fmt: skip
+    args = [
+        "--checkpoint_path",
+        str(ckpt),
+        "--bench_data_path",
+        str(SAMPLE / "3_bench"),
+        "--metrics",
+        "[PSNR, LPIPS]",
+        "--accelerator",
+        "cpu",
+        "--log_dir",
+        str(tmp_path / "b"),
+    ]
     proc = run("bench.py", *args, env=env)
     assert "alexnet-owt-7be5be79.pth" in proc.stderr  # the one line naming the missing file
     rows = list(csv.DictReader(next((tmp_path / "b").glob("*/version_0/bench.csv")).open()))
@@ -192,8 +276,18 @@ def test_infer_sizes_names_rerun_and_bad_files(trained, tmp_path):
     Image.fromarray(rng.integers(0, 60, (1, 1, 3), dtype=np.uint8)).save(folder / "tiny.png")
     Image.fromarray(rng.integers(0, 60, (5, 3), dtype=np.uint8), mode="L").save(folder / "grey.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
-    args = ["--checkpoint_path", str(ckpt), "--input", str(folder), "--accelerator", "cpu",
-            "--log_dir", str(tmp_path / "out"), "--experiment_name", "inf"]  # fmt: skip
+    args = [
+        "--checkpoint_path",
+        str(ckpt),
+        "--input",
+        str(folder),
+        "--accelerator",
+        "cpu",
+        "--log_dir",
+        str(tmp_path / "out"),
+        "--experiment_name",
+        "inf",
+    ]
     first = run("infer.py", *args, check=False)
     assert first.returncode != 0 and "broken.jpg" in first.stdout + first.stderr
     out = tmp_path / "out" / "inf" / "inference" / "photos"
@@ -267,24 +361,62 @@ def test_ddp_two_cpu_processes_one_epoch(tmp_path):
     """train.py --accelerator cpu --devices 2 --strategy ddp (gloo): one run folder, rank-0 files only,
     and each rank sees half of the training pairs per epoch."""
     run(
-        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY[:4], "--num_workers", "0",
-        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--image_size", "32",
-        "--batch_size", "4", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
-        "--log_dir", str(tmp_path), "--experiment_name", "ddp", "--bench_data_path", str(tmp_path / "none"),
-        "--infer_data_path", str(tmp_path / "none"),
-    )  # fmt: skip
+        "train.py",
+        "--config",
+        str(ROOT / "configs" / "sample.yaml"),
+        *TINY[:4],
+        "--num_workers",
+        "0",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--image_size",
+        "32",
+        "--batch_size",
+        "4",
+        "--train_repeat",
+        "1",
+        "--max_epochs",
+        "1",
+        "--session",
+        "frozen",
+        "--log_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "ddp",
+        "--bench_data_path",
+        str(tmp_path / "none"),
+        "--infer_data_path",
+        str(tmp_path / "none"),
+    )
     assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["version_0"]
     result = json.loads((tmp_path / "ddp/version_0/frozen/result.json").read_text())
     pairs = len(list((SAMPLE / "1_train/SkimageSynth/low").iterdir()))
-    assert result["global_step"] == -(-(-(-pairs // 2)) // 4)  # ceil(ceil(pairs / 2) / batch)
+    assert result["global_step"] == math.ceil(math.ceil(pairs / 2) / 4)  # per-rank shard, batch 4
     assert len(list((tmp_path / "ddp/version_0/frozen").glob("events.out.tfevents.*"))) >= 1
     assert sorted(p.name for p in (tmp_path / "ddp/version_0/frozen/checkpoints").iterdir()) == [
-        "best.ckpt", "last.ckpt"]  # fmt: skip
+        "best.ckpt",
+        "last.ckpt",
+    ]
 
 
 def test_infer_with_several_devices_runs_once_on_one(trained, tmp_path):
     ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
-    proc = run("infer.py", "--checkpoint_path", str(ckpt), "--infer_data_path", str(SAMPLE / "4_infer"),
-               "--accelerator", "cpu", "--devices", "2", "--log_dir", str(tmp_path))  # fmt: skip
+    proc = run(
+        "infer.py",
+        "--checkpoint_path",
+        str(ckpt),
+        "--infer_data_path",
+        str(SAMPLE / "4_infer"),
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--log_dir",
+        str(tmp_path),
+    )
     assert "run on one device" in proc.stderr
     assert "enhanced 2," in proc.stdout
