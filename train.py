@@ -3,6 +3,10 @@ checkpoints under ``<log_dir>/<experiment_name>/version_<N>/<session>/``.
 
 The defaults below are the full recipe for LOL on a GPU box. The quick CPU run on the shipped
 sample is ``python train.py --config configs/sample.yaml``.
+
+Ctrl-C or SIGTERM stops at the next training batch, saves ``checkpoints/interrupted.ckpt``, flushes
+the logs and prints the command that resumes (``... --resume true``, exit status 130 or 143).
+``--resume true`` also continues a run killed outright, from its ``last.ckpt``.
 """
 
 import sys
@@ -26,7 +30,9 @@ class TrainHparams(TrainLoopHparams, RuntimeHparams, OptimHparams, ModelHparams,
     precision: str = "bf16-mixed"
     """32-true, bf16-mixed or 16-mixed (use 16-mixed on GPUs without bfloat16, e.g. V100, T4)."""
     resume: bool = False
-    """Continue the newest run of this experiment: unfinished sessions restart from last.ckpt."""
+    """Continue the newest run of this experiment: each unfinished session from its newest checkpoint."""
+    checkpoint_path: str = ""
+    """With --resume: continue the first unfinished session from it; alone: start from its weights."""
     bench_data_path: str = "data/3_bench"
     """After training, benchmark the final best checkpoint on this split (skipped if it does not exist)."""
     infer_data_path: str = "data/4_infer"
@@ -44,9 +50,14 @@ def get_hparams() -> TrainHparams:
 
 
 def main(hp: TrainHparams) -> None:
-    from engine.runner import evaluate_run, run_training  # heavy imports after argument parsing
+    from engine.runner import TrainingInterrupted, evaluate_run, resume_command, run_training
 
-    run_dir, results = run_training(hp)
+    try:
+        run_dir, results = run_training(hp)
+    except TrainingInterrupted as stop:
+        command = resume_command(sys.argv, checkpoint_in_config=bool(hp.checkpoint_path))
+        print(f"\n{stop}\nresume with:\n  {command}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     closing = evaluate_run(hp, run_dir, results[-1].best_checkpoint) if results else ""
     print(f"\nIllRecNet training finished: {run_dir}")
     for r in results:

@@ -3,27 +3,39 @@
 A stage only chooses its callbacks and loop limits; logger, precision, accelerator, devices,
 strategy and seeding come from the engine's runtime settings. The GPU is never chosen through
 ``CUDA_VISIBLE_DEVICES`` in code: ``devices`` and ``accelerator`` do that.
+
+Fault tolerance lives here too: checkpoints are written atomically (:class:`AtomicCheckpointIO`),
+carry the Python/NumPy/torch RNG states that Lightning does not save (:class:`RngState`), a Ctrl-C
+stops at the next batch boundary like Lightning's SIGTERM handling (:class:`GracefulInterrupt`),
+and an interruption writes ``interrupted.ckpt`` (:class:`InterruptCheckpoint`).
 """
 
+import io
+import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
-    OnExceptionCheckpoint,
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from engine.predict import Enhance, run_bench, run_infer
-from utils.utils import log
+from utils.utils import atomic_write_bytes, log
 
 MONITOR = "valid/3_total"
+INTERRUPTED = "interrupted"
+"""File stem of the checkpoint written when training stops on a signal or an error."""
 
 
 class EngineError(RuntimeError):
@@ -72,6 +84,7 @@ class LightningEngine:
             deterministic=self.deterministic,
             logger=logger,
             callbacks=[TQDMProgressBar(refresh_rate=1), *callbacks],
+            plugins=[AtomicCheckpointIO()],
             enable_model_summary=False,
             **loop,
         )
@@ -79,7 +92,8 @@ class LightningEngine:
     # ------------------------------------------------------------------------------------ stages
     def fit_trainer(self, session_dir: Path, patience: int, **loop: Any) -> L.Trainer:
         """Trainer for one training session: TensorBoard under ``session_dir``, best-by-``valid/3_total``
-        and ``last.ckpt`` checkpoints, early stopping, LR monitor, checkpoint on interruption."""
+        and ``last.ckpt`` checkpoints, early stopping, LR monitor, RNG states in every checkpoint,
+        graceful Ctrl-C and ``interrupted.ckpt`` on interruption."""
         ckpt_dir = session_dir / "checkpoints"
         callbacks = [
             ModelCheckpoint(
@@ -94,7 +108,9 @@ class LightningEngine:
             ),
             EarlyStopping(monitor=MONITOR, mode="min", patience=patience),
             LearningRateMonitor(logging_interval="step"),
-            OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
+            RngState(),
+            GracefulInterrupt(),
+            InterruptCheckpoint(dirpath=ckpt_dir, filename=INTERRUPTED),
         ]
         logger = TensorBoardLogger(
             save_dir=str(session_dir.parent), name=session_dir.name, version="", default_hp_metric=False
@@ -145,3 +161,115 @@ def _check_accelerator(accelerator: str) -> None:
         )
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise EngineError("accelerator='mps' was requested but MPS is not available on this machine")
+
+
+# ------------------------------------------------------------------------------- fault tolerance
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into memory, then :func:`~utils.utils.atomic_write_bytes` (temporary file in the
+    same folder, fsync, ``os.replace``): a crash or a full disk leaves the previous checkpoint intact
+    and no partial file under the checkpoint's name; the error names the file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        buffer = io.BytesIO()
+        try:
+            torch.save(checkpoint, buffer)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}") from error
+        atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+class RngState(Callback):
+    """Save the Python, NumPy and torch (CPU and CUDA) RNG states in every checkpoint and restore them
+    on resume, which Lightning does not do; with ``num_workers=0`` and ``deterministic=True`` a run
+    resumed from an epoch-end ``last.ckpt`` then draws the same crops and batch order as an
+    uninterrupted one. (Loader workers re-seed from the restored torch state.)"""
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class GracefulInterrupt(Callback):
+    """The first Ctrl-C (SIGINT) during training stops at the next point where the training state is
+    whole: the end of a training batch, the start of an epoch or the end of training (never inside an
+    optimizer step or a validation pass, from which Lightning cannot resume cleanly), the way
+    Lightning handles SIGTERM. A second Ctrl-C stops at once. Lightning then runs the
+    ``on_exception`` hooks (:class:`InterruptCheckpoint`), closes the loggers and exits with status 1."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after the current training batch (press Ctrl-C again to stop at once)")
+
+    def _stop_if_requested(self, *_: Any, **__: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = _stop_if_requested
+    on_train_epoch_start = _stop_if_requested
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if signal.getsignal(signal.SIGINT) == self._request:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._stop_if_requested()
+
+
+class InterruptCheckpoint(Callback):
+    """Save ``<dirpath>/interrupted.ckpt`` when training stops on an exception (Ctrl-C, SIGTERM, a
+    non-finite step, a data error), like Lightning's ``OnExceptionCheckpoint``, but
+
+    - only when the state is worth saving and resumable: at least one optimizer step (restored or
+      taken; a data error during setup writes nothing) and not inside a validation pass or the
+      sanity check (a resume from there fails in Lightning; ``last.ckpt`` of the previous epoch is
+      the resume point then);
+    - without hiding the original exception when the save itself fails (a full disk);
+    - without Lightning's implicit ``ckpt_path="last"`` resume: the runner decides what to resume.
+
+    A training run that finishes removes the file."""
+
+    def __init__(self, dirpath: Path, filename: str = INTERRUPTED) -> None:
+        self.ckpt_path = str(Path(dirpath) / f"{filename}.ckpt")
+        self.saved: str | None = None
+        """Path of the checkpoint written by the last ``on_exception``, if any."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, error: BaseException) -> None:
+        self.saved = None
+        if trainer.global_step == 0 or trainer.validating or trainer.sanity_checking:
+            return
+        try:
+            trainer.save_checkpoint(self.ckpt_path)
+            self.saved = self.ckpt_path
+            log.warning("training stopped; checkpoint saved: %s", self.ckpt_path)
+        except Exception as save_error:  # the exception that stopped training is the one to report
+            log.error("could not save %s: %s", self.ckpt_path, save_error)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            trainer.strategy.remove_checkpoint(self.ckpt_path)

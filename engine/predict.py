@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from data.utils import DataError, ImagePair, list_images, load_image, scan_split, validate_split
 from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer, quantize_8bit
-from utils.tiling import enhance_image
+from utils.tiling import enhance_image, is_out_of_memory
 from utils.utils import atomic_write_bytes, atomic_write_text, log
 
 
@@ -125,30 +125,42 @@ def run_bench(
     checkpoint_path: str,
     logger=None,
 ) -> BenchResult:
-    """Score every image of every sub-dataset under ``bench_data_path``; write bench.csv/json."""
+    """Score every image of every sub-dataset under ``bench_data_path``; write bench.csv/json.
+
+    An image that cannot be read, enhanced (out of memory even in the smallest tiles) or saved is
+    reported and the others go on; then :class:`BenchError` names every such image and nothing is
+    written: a mean over fewer images than the sub-dataset holds is never reported.
+    """
     pairs = validate_split(bench_data_path, require_high=False)
     scorer = BenchScorer(metrics, device=enhance.device, strict=strict)
     columns = scorer.columns
     rows: list[dict] = []
+    failed: list[str] = []
+    strip_dir = out_dir / "images" if save_images else None
     total = sum(len(v) for v in pairs.values())
     with tqdm(total=total, desc="bench", unit="img", dynamic_ncols=True) as bar:
         for dataset, group in pairs.items():
             for pair in group:
-                low = load_image(pair.low).unsqueeze(0)
-                high = load_image(pair.high).unsqueeze(0) if pair.high is not None else None
-                pred, _ = enhance_one(enhance, low, tiles)
-                scores = scorer.score(pred, high)
+                try:
+                    scores = _bench_one(enhance, scorer, pair, tiles, strip_dir)
+                except Exception as error:
+                    if not _is_per_image_failure(error):
+                        raise
+                    log.error("failed: %s: %s", pair.low, error)
+                    failed.append(f"{pair.low}: {error}")
+                    continue
+                finally:
+                    bar.update(1)
                 rows.append({"dataset": dataset, "image": pair.name, **scores})
-                if save_images:
-                    strip = [to_uint8(low), to_uint8(pred)] + ([to_uint8(high)] if high is not None else [])
-                    save_png(out_dir / "images" / dataset / f"{Path(pair.name).stem}.png", _strip(strip))
-                bar.update(1)
     counts = defaultdict(int)
     for row in rows:
         counts[row["dataset"]] += 1
     short = {d: (counts[d], len(g)) for d, g in pairs.items() if counts[d] != len(g)}
     if short:
-        raise BenchError(f"bench scored fewer images than pairs (scored, pairs): {short}")
+        raise BenchError(
+            f"bench scored fewer images than pairs (scored, pairs): {short}; no bench.csv/json written"
+            + "".join(f"\n  failed: {line}" for line in failed)
+        )
     summary = _summarise(rows, pairs, columns, checkpoint_path, bench_data_path)
     tables = markdown_tables(summary, columns)
     _write_csv(out_dir / "bench.csv", rows, columns)
@@ -160,6 +172,20 @@ def run_bench(
                 if value is not None:
                     logger.add_scalar(f"bench/{dataset}/{key}", value)
     return BenchResult(rows, summary, tables, out_dir, columns)
+
+
+def _bench_one(
+    enhance: Enhance, scorer: BenchScorer, pair: ImagePair, tiles: TileSettings, strip_dir: Path | None
+) -> dict:
+    """Enhance and score one pair; write its low | enhanced | high strip under ``strip_dir`` if given."""
+    low = load_image(pair.low).unsqueeze(0)
+    high = load_image(pair.high).unsqueeze(0) if pair.high is not None else None
+    pred, _ = enhance_one(enhance, low, tiles)
+    scores = scorer.score(pred, high)
+    if strip_dir is not None:
+        strip = _strip([to_uint8(t) for t in (low, pred, high) if t is not None])
+        save_png(strip_dir / pair.dataset / f"{Path(pair.name).stem}.png", strip)
+    return scores
 
 
 def _strip(images: list[np.ndarray]) -> np.ndarray:
@@ -269,7 +295,8 @@ def run_infer(
 
     Finished outputs are skipped on a re-run (``overwrite`` redoes them); a folder holding outputs
     of another checkpoint is refused unless ``overwrite`` (never silently mixed). A file that fails
-    is reported and gets no output; the others go on.
+    (unreadable, out of memory even in the smallest tiles, a failed write) is reported and gets no
+    output; the others go on.
     """
     summary = InferSummary(out_dir=out_dir)
     manifest_path = out_dir / "manifest.json"
@@ -301,9 +328,19 @@ def run_infer(
             if info.get("retries"):
                 log.info("%s: enhanced in %d px tiles after running out of memory", src, info["tile"])
             save_png(dst, to_uint8(pred))
-        except (DataError, OSError) as error:
+        except Exception as error:
+            if not _is_per_image_failure(error):
+                raise
             log.error("failed: %s: %s", src, error)
             summary.failed.append((src, str(error)))
+            dst.unlink(missing_ok=True)  # with --overwrite: no stale output of an earlier run remains
             continue
         summary.enhanced.append(dst)
     return summary
+
+
+def _is_per_image_failure(error: Exception) -> bool:
+    """Errors that concern one image and let the others go on: a bad file (DataError), a failed
+    write (OSError: full disk, permissions) or out of memory even in the smallest tiles. Anything
+    else (a bug) stops the loop."""
+    return isinstance(error, DataError | OSError) or is_out_of_memory(error)

@@ -9,25 +9,38 @@ Layout of one run (``train.py`` invocation)::
 
 Every run gets a fresh ``version_<N>`` (created with an exclusive ``mkdir``), so two runs with the
 same ``experiment_name`` never write into each other's folders. ``--resume`` picks the newest
-version and continues each session that has no ``result.json`` from its ``last.ckpt``.
+version and continues each session that has no ``result.json`` from its newest checkpoint:
+``last.ckpt`` (written after every validation) or ``interrupted.ckpt`` (written on Ctrl-C, SIGTERM or
+an error), whichever holds more steps. A checkpoint that cannot be read or does not fit the model
+is an error naming it and the other checkpoints of its folder, never a silent fresh start.
 """
 
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.dataloader import LowLightDataModule
-from engine.engine import MONITOR, LightningEngine
-from model.model import LowLightEnhancerLightning
+from engine.engine import INTERRUPTED, MONITOR, InterruptCheckpoint, LightningEngine
+from model.model import (
+    ARCHITECTURE,
+    CheckpointError,
+    LowLightEnhancerLightning,
+    check_compatible,
+    read_checkpoint,
+)
 from utils.hparams import DataHparams, ModelHparams, OptimHparams
 from utils.utils import atomic_write_text, log
 
 SESSIONS = ("frozen", "trainable")
 RUN_DIR_ENV = "ILLRECNET_RUN_DIR"  # shared with DDP worker processes that re-run the script
+RESUME_FIELDS = (*ARCHITECTURE, "trainable_separation")
+"""Hyper-parameters a resumed checkpoint must share with the session (its optimizer state depends on them)."""
+TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops")
 
 
 @dataclass
@@ -40,6 +53,14 @@ class SessionResult:
     valid_total: float
     epochs: int
     global_step: int
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on Ctrl-C (SIGINT) or SIGTERM; ``exit_code`` is 130 or 143 (128 + signal)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def new_run_dir(experiment_dir: Path) -> Path:
@@ -58,15 +79,24 @@ def new_run_dir(experiment_dir: Path) -> Path:
 
 
 def latest_run_dir(experiment_dir: Path) -> Path | None:
-    """The newest ``version_<N>`` folder, or None."""
+    """The newest ``version_<N>`` folder that holds a checkpoint or a finished session, or None.
+    Newer folders without either (a run that failed before its first checkpoint, e.g. on bad data)
+    are passed over with a note, so ``--resume`` never continues an empty run instead of a real one."""
     if not experiment_dir.is_dir():
         return None
-    runs = [
-        (int(m.group(1)), p)
-        for p in experiment_dir.iterdir()
-        if (m := re.fullmatch(r"version_(\d+)", p.name))
-    ]
-    return max(runs)[1] if runs else None
+    runs = sorted(
+        (
+            (int(m.group(1)), p)
+            for p in experiment_dir.iterdir()
+            if (m := re.fullmatch(r"version_(\d+)", p.name))
+        ),
+        reverse=True,
+    )
+    for _, run in runs:
+        if any(run.glob("*/checkpoints/*.ckpt")) or any(run.glob("*/result.json")):
+            return run
+        log.info("--resume: %s holds no checkpoint; looking at older runs", run)
+    return None
 
 
 def resolve_run_dir(experiment_dir: Path, resume: bool) -> Path:
@@ -77,7 +107,11 @@ def resolve_run_dir(experiment_dir: Path, resume: bool) -> Path:
     if resume:
         run_dir = latest_run_dir(experiment_dir)
         if run_dir is None:
-            log.warning("--resume: no earlier run under %s; starting a fresh run", experiment_dir)
+            log.warning(
+                "--resume: no earlier run with a checkpoint under %s; starting a fresh run", experiment_dir
+            )
+        else:
+            log.info("--resume: continuing %s", run_dir)
     run_dir = run_dir or new_run_dir(experiment_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
@@ -114,11 +148,16 @@ def build_module(hp: ModelHparams | OptimHparams, session: str) -> LowLightEnhan
         mae_weight=hp.mae_weight,
         mse_weight=hp.mse_weight,
         num_log_images=hp.num_log_images,
+        skip_nonfinite=hp.skip_nonfinite,
     )
 
 
 def run_training(hp) -> tuple[Path, list[SessionResult]]:
-    """Run the requested sessions of ``hp`` (a ``TrainHparams``); returns the run folder and results."""
+    """Run the requested sessions of ``hp`` (a ``TrainHparams``); returns the run folder and results.
+
+    Raises :class:`TrainingInterrupted` after Ctrl-C or SIGTERM (``interrupted.ckpt`` saved, logs
+    flushed) and :class:`~model.model.CheckpointError` for a checkpoint that cannot be resumed.
+    """
     engine = LightningEngine(
         accelerator=hp.accelerator,
         devices=hp.devices,
@@ -128,6 +167,9 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
         seed=hp.seed,
         deterministic=hp.deterministic,
     )
+    explicit = Path(hp.checkpoint_path) if hp.checkpoint_path else None
+    if explicit is not None:
+        read_checkpoint(explicit)  # missing or unreadable: an error before any folder is created
     run_dir = resolve_run_dir(Path(hp.log_dir) / hp.experiment_name, hp.resume)
     sessions = SESSIONS if hp.session == "both" else (hp.session,)
     results: list[SessionResult] = []
@@ -139,19 +181,6 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             log.info("session %s already finished (%s); skipping it", session, done)
             results.append(result)
             continue
-        last = session_dir / "checkpoints" / "last.ckpt"
-        ckpt_path = None
-        if hp.resume and last.is_file():
-            ckpt_path = str(last)
-            log.info("resuming session %s from %s", session, last)
-        module = build_module(hp, session)
-        if ckpt_path is None and session == "trainable" and results:
-            # The trainable session starts from the frozen session's best weights.
-            state = torch.load(results[-1].best_checkpoint, map_location="cpu", weights_only=True)[
-                "state_dict"
-            ]
-            module.load_state_dict(state)
-            log.info("session trainable starts from %s", results[-1].best_checkpoint)
         trainer = engine.fit_trainer(
             session_dir,
             patience=hp.patience,
@@ -160,15 +189,135 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             log_every_n_steps=hp.log_every_n_steps,
             gradient_clip_val=hp.gradient_clip_val or None,
         )
+        module = build_module(hp, session)  # after fit_trainer seeded everything: --seed sets the weights
+        ckpt_path = None
+        if explicit is not None and hp.resume:
+            ckpt_path, explicit = explicit, None  # the first unfinished session continues from it
+            checkpoint = resume_state(ckpt_path, module)
+        elif hp.resume:
+            ckpt_path, checkpoint = newest_checkpoint(session_dir, module) or (None, None)
+        if ckpt_path is not None:
+            log.info(
+                "session %s: resuming from %s (epoch %d, global step %d)",
+                session,
+                ckpt_path,
+                checkpoint["epoch"],
+                checkpoint["global_step"],
+            )
+        else:
+            explicit = _initialise(module, session, session_dir, explicit, results)
         datamodule = build_datamodule(hp)
-        engine.train(module, datamodule, trainer, ckpt_path=ckpt_path)
-        result = _finish_session(session, trainer, module, datamodule)
+        try:
+            engine.train(module, datamodule, trainer, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            result = _finish_session(session, trainer, module, datamodule)
+        except SystemExit as stop:  # Lightning: sys.exit(1) after Ctrl-C, SIGTERMException on SIGTERM
+            raise _interrupted(stop, session, trainer) from stop
         if trainer.is_global_zero:
             atomic_write_text(done, json.dumps(result.__dict__, indent=2))
         results.append(result)
     if results and int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
         atomic_write_text(run_dir / "summary.json", json.dumps([r.__dict__ for r in results], indent=2))
     return run_dir, results
+
+
+def newest_checkpoint(session_dir: Path, module: LowLightEnhancerLightning) -> tuple[Path, dict] | None:
+    """The checkpoint ``--resume`` continues a session from: ``last.ckpt`` or ``interrupted.ckpt``,
+    whichever has more steps (``last.ckpt`` on a tie), each checked by :func:`resume_state`. None when
+    the session has no checkpoint yet; an error when its folder holds only other checkpoints."""
+    ckpt_dir = session_dir / "checkpoints"
+    found = [path for stem in ("last", INTERRUPTED) if (path := ckpt_dir / f"{stem}.ckpt").is_file()]
+    if not found:
+        others = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
+        if others:
+            raise CheckpointError(
+                f"--resume: {ckpt_dir} has no last.ckpt but holds {', '.join(others)}; continue from one "
+                "of them with --checkpoint_path <file> --resume true"
+            )
+        return None
+    states = [(path, resume_state(path, module)) for path in found]
+    return max(states, key=lambda item: item[1]["global_step"])
+
+
+def resume_state(path: Path, module: LowLightEnhancerLightning) -> dict:
+    """Read ``path`` and check that training can continue from it: readable, IllRecNet weights that
+    fit ``module`` (same :data:`RESUME_FIELDS`) and the optimizer, scheduler and loop states. The
+    error names the file and lists the other checkpoints of its folder."""
+    path = Path(path)
+    try:
+        checkpoint = read_checkpoint(path)
+        check_compatible(module, checkpoint, path, RESUME_FIELDS)
+        missing = [key for key in TRAINING_STATE if key not in checkpoint]
+        if missing:
+            raise CheckpointError(
+                f"{path} holds weights but no training state (no {', '.join(missing)}); pass it without "
+                "--resume to start a new run from its weights"
+            )
+    except CheckpointError as error:
+        others = sorted(p.name for p in path.parent.glob("*.ckpt") if p.name != path.name)
+        listed = ", ".join(others) or "none"
+        hint = " (continue from one with --checkpoint_path <file> --resume true)" if others else ""
+        raise CheckpointError(
+            f"cannot resume: {error}\n  other checkpoints in {path.parent}: {listed}{hint}"
+        ) from error
+    return checkpoint
+
+
+def _initialise(
+    module: LowLightEnhancerLightning,
+    session: str,
+    session_dir: Path,
+    explicit: Path | None,
+    results: list[SessionResult],
+) -> Path | None:
+    """Weights of a session that starts without a checkpoint of its own: ``--checkpoint_path`` (for the
+    first session; recorded in ``init.json`` so that a resumed run starts that session the same way),
+    else the frozen session's best for the trainable one, else the seeded random init. Returns the
+    explicit checkpoint still unused."""
+    record = session_dir / "init.json"
+    source = None
+    if explicit is not None:
+        source, explicit = explicit, None
+        atomic_write_text(record, json.dumps({"checkpoint_path": str(source.resolve())}, indent=2))
+    elif record.is_file():
+        source = Path(json.loads(record.read_text())["checkpoint_path"])
+    elif session == "trainable" and results:
+        source = Path(results[-1].best_checkpoint)
+    if source is not None:
+        checkpoint = read_checkpoint(source)
+        check_compatible(module, checkpoint, source)
+        module.load_state_dict(checkpoint["state_dict"])
+        log.info("session %s starts from the weights of %s", session, source)
+    return explicit
+
+
+def _interrupted(stop: SystemExit, session: str, trainer) -> TrainingInterrupted:
+    signal_name, code = ("SIGTERM", 143) if isinstance(stop, SIGTERMException) else ("Ctrl-C (SIGINT)", 130)
+    saver = next((c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
+    saved = f"checkpoint saved: {saver.saved}" if saver is not None and saver.saved else "no checkpoint saved"
+    return TrainingInterrupted(
+        f"training stopped by {signal_name} in session {session} at epoch {trainer.current_epoch}, "
+        f"global step {trainer.global_step}; {saved}; TensorBoard logs flushed",
+        code,
+    )
+
+
+def resume_command(argv: list[str], checkpoint_in_config: bool = False) -> str:
+    """The command that continues an interrupted ``train.py`` run: the same arguments without
+    ``--resume`` and ``--checkpoint_path`` (the run's own checkpoints are newer), plus ``--resume true``."""
+    args, skip_value, dropped_checkpoint = [], False, False
+    for arg in argv[1:]:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--resume", "--checkpoint_path"):
+            skip_value = "=" not in arg
+            dropped_checkpoint |= name == "--checkpoint_path"
+            continue
+        args.append(arg)
+    if checkpoint_in_config and not dropped_checkpoint:
+        args += ["--checkpoint_path", ""]
+    return shlex.join(["python", argv[0], *args, "--resume", "true"])
 
 
 def _finish_session(session, trainer, module, datamodule) -> SessionResult:

@@ -4,8 +4,14 @@ Loss MAE + MSE (logged as ``train/1_mae``, ``train/2_mse``, ``train/3_total`` an
 twins), validation PSNR/SSIM on 8-bit RGB outputs, AdamW with linear warm-up then cosine decay
 stepped every iteration, and TensorBoard image grids ``low | enhanced | high | illumination |
 reflectance`` for a fixed set of validation images at every validation.
+
+A NaN or infinite loss or gradient norm raises :class:`NonFiniteError` (step number and batch files
+in the message) before the optimizer step, so no bad weights are ever saved; with
+``skip_nonfinite=True`` such a step is skipped instead (no update, a warning, and the running count
+logged as ``train/skipped_nonfinite``).
 """
 
+import logging
 import math
 from pathlib import Path
 
@@ -20,6 +26,11 @@ from torchvision.utils import make_grid
 from model.blocks.enhancer import Enhancer
 from model.loss import MaeMseLoss
 from utils.metrics import psnr, quantize_8bit, ssim
+
+log = logging.getLogger("illrecnet")
+
+ARCHITECTURE = ("channels", "kernel_size", "embed_dim", "num_heads", "mlp_ratio", "num_resolution")
+"""Hyper-parameters that define the weights' layout: a checkpoint only fits a model with the same values."""
 
 
 class NonFiniteError(RuntimeError):
@@ -50,6 +61,7 @@ class LowLightEnhancerLightning(L.LightningModule):
         mae_weight: float = 1.0,
         mse_weight: float = 1.0,
         num_log_images: int = 4,
+        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -67,6 +79,9 @@ class LowLightEnhancerLightning(L.LightningModule):
         self.loss = MaeMseLoss(mae_weight, mse_weight)
         self._log_images: list[tuple[str, Tensor]] = []
         self._batch_names: list[str] = []
+        self._skip_step = False
+        self.skipped_nonfinite = 0
+        """Steps skipped by ``skip_nonfinite`` (saved in checkpoints, logged as train/skipped_nonfinite)."""
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> enhanced ``(B, 3, H, W)`` (not clamped)."""
@@ -74,26 +89,55 @@ class LowLightEnhancerLightning(L.LightningModule):
 
     # ----------------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        self._batch_names = list(batch.get("name", []))
+        self._batch_names = list(batch.get("low_path", batch.get("name", [])))
         losses = self.loss(self(batch["low"]), batch["high"])
-        if not torch.isfinite(losses["total"]):
-            raise NonFiniteError(
-                f"non-finite training loss ({losses['total'].item()}) at global step {self.global_step}, "
-                f"batch files: {self._batch_names}"
-            )
-        self._log_losses("train", losses, batch["low"].shape[0], on_step=True)
+        self._skip_step = not torch.isfinite(losses["total"])
+        if self._skip_step:
+            # Raises unless skip_nonfinite. Skipping: backward still runs (in DDP every rank must take
+            # part in the gradient all-reduce) and on_before_optimizer_step drops the gradients.
+            self._non_finite(f"training loss ({losses['total'].item()})")
+        else:
+            self._log_losses("train", losses, batch["low"].shape[0], on_step=True)
         return losses["total"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_step:
+            self._drop_gradients()
+            return
         if str(self.trainer.precision).startswith("16"):
             return  # fp16 GradScaler expects occasional inf gradients and skips those steps itself
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         if not torch.isfinite(norm):
+            self._non_finite(f"gradient norm ({norm.item()})")  # raises unless skip_nonfinite
+            self._drop_gradients()
+
+    def _drop_gradients(self) -> None:
+        """Skip this optimizer step: with no gradient, AdamW changes no weight and no moment."""
+        for p in self.parameters():
+            p.grad = None
+
+    def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
+        self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False)
+
+    def _non_finite(self, what: str) -> None:
+        """Raise :class:`NonFiniteError`, or count and warn when ``skip_nonfinite`` is set."""
+        where = f"non-finite {what} at global step {self.global_step}, batch files: {self._batch_names}"
+        if not self.hparams.skip_nonfinite:
             raise NonFiniteError(
-                f"non-finite gradient norm ({norm.item()}) at global step {self.global_step}, "
-                f"batch files: {self._batch_names}"
+                f"{where}. Lower --lr, set --gradient_clip_val, check those images, or pass "
+                "--skip_nonfinite true to skip such steps"
             )
+        self.skipped_nonfinite += 1
+        log.warning("skipped the step: %s (%d skipped so far)", where, self.skipped_nonfinite)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["skipped_nonfinite"] = self.skipped_nonfinite
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_nonfinite = int(checkpoint.get("skipped_nonfinite", 0))
 
     def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int, on_step: bool) -> None:
         for i, key in enumerate(("mae", "mse", "total"), start=1):
@@ -170,13 +214,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, or not an IllRecNet checkpoint."""
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LowLightEnhancerLightning:
-    """Rebuild the model from ``path`` alone (architecture from its saved hyper-parameters).
-
-    Raises :class:`CheckpointError` naming the file: missing, unreadable/truncated, without
-    IllRecNet hyper-parameters, or with weights that do not match the saved architecture
-    (the missing and unexpected keys are listed).
-    """
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """``torch.load`` (weights only) a Lightning checkpoint of IllRecNet, or raise
+    :class:`CheckpointError` naming the file: missing, unreadable/truncated, or without IllRecNet's
+    ``state_dict`` and ``hyper_parameters``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -193,6 +234,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     ):
         keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a Lightning checkpoint of IllRecNet (top-level keys: {keys})")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LowLightEnhancerLightning:
+    """Rebuild the model from ``path`` alone (architecture from its saved hyper-parameters).
+
+    Raises :class:`CheckpointError` naming the file: missing, unreadable/truncated, without
+    IllRecNet hyper-parameters, or with weights that do not match the saved architecture
+    (the missing and unexpected keys are listed).
+    """
+    checkpoint = read_checkpoint(path, map_location)
     try:
         module = LowLightEnhancerLightning(**checkpoint["hyper_parameters"])
     except TypeError as error:
@@ -202,8 +254,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return module.to(map_location).eval()
 
 
+def check_compatible(
+    module: LowLightEnhancerLightning,
+    checkpoint: dict,
+    source: str | Path,
+    fields: tuple[str, ...] = ARCHITECTURE,
+) -> None:
+    """Raise :class:`CheckpointError` when ``checkpoint`` (from :func:`read_checkpoint`) cannot be
+    loaded into ``module``: the differing hyper-parameters among ``fields`` and the missing,
+    unexpected and mis-shaped keys, all in one message."""
+    saved = checkpoint["hyper_parameters"]
+    changed = [
+        f"{k}: checkpoint {saved[k]!r} vs this run {module.hparams[k]!r}"
+        for k in fields
+        if k in saved and saved[k] != module.hparams[k]
+    ]
+    problems = _state_dict_problems(module, checkpoint["state_dict"])
+    if changed or problems:
+        raise CheckpointError(
+            f"{source} does not fit this model: hyper-parameters [{'; '.join(changed)}]"
+            + (f"; weights: {problems}" if problems else "")
+        )
+
+
 def check_state_dict(module: torch.nn.Module, state_dict: dict, source: str | Path) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
+    problems = _state_dict_problems(module, state_dict)
+    if problems:
+        raise CheckpointError(f"weights in {source} do not match the architecture: {problems}")
+
+
+def _state_dict_problems(module: torch.nn.Module, state_dict: dict) -> str:
+    """``missing keys [...], unexpected keys [...], mismatched shapes [...]``, or "" when they fit."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -212,12 +294,13 @@ def check_state_dict(module: torch.nn.Module, state_dict: dict, source: str | Pa
         for k in sorted(set(own) & set(state_dict))
         if tuple(own[k].shape) != tuple(state_dict[k].shape)
     ]
-    if missing or unexpected or shapes:
+    if not (missing or unexpected or shapes):
+        return ""
 
-        def short(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+    def short(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
 
-        raise CheckpointError(
-            f"weights in {source} do not match the architecture: missing keys [{short(missing)}], "
-            f"unexpected keys [{short(unexpected)}], mismatched shapes [{short(shapes)}]"
-        )
+    return (
+        f"missing keys [{short(missing)}], unexpected keys [{short(unexpected)}], "
+        f"mismatched shapes [{short(shapes)}]"
+    )

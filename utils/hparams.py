@@ -147,6 +147,8 @@ class TrainLoopHparams:
     """Early stopping: validations without improvement of valid/3_total before a session stops."""
     gradient_clip_val: float = 0.0
     """Clip the gradient norm to this value (0 disables clipping)."""
+    skip_nonfinite: bool = False
+    """Skip steps with a NaN/inf loss or gradient (warn, log train/skipped_nonfinite) instead of stopping."""
     check_val_every_n_epoch: int = 1
     """Validate every N epochs."""
     log_every_n_steps: int = 10

@@ -56,18 +56,23 @@ def setup_logging() -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``:
     readers see the old file or the new one, never a partial one. The temporary file is removed
-    when the write fails (e.g. a full disk)."""
+    when the write fails; an ``OSError`` (e.g. a full disk) is re-raised naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and str(path) not in str(error):
+            message = f"cannot write {path}: {error.strerror or error}"
+            raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
         raise
 
 
@@ -76,14 +81,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def run_main(main, hparams) -> None:
-    """Run a script's ``main``; known user errors become one ``error:`` line and exit status 2."""
+    """Run a script's ``main``. Known failures become one ``error:`` line instead of a traceback:
+    bad data, settings, checkpoints, a non-finite training step or an incomplete bench exit with
+    status 2, an ``OSError`` (a full disk, a permission) with status 1."""
     from data.utils import DataError
     from engine.engine import EngineError
-    from model.model import CheckpointError
+    from engine.predict import BenchError
+    from model.model import CheckpointError, NonFiniteError
 
     setup_logging()
     try:
         main(hparams)
-    except (DataError, EngineError, CheckpointError) as error:
+    except (DataError, EngineError, CheckpointError, NonFiniteError, BenchError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:
+        log.debug("OSError", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
