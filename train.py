@@ -50,7 +50,7 @@ def get_hparams() -> TrainHparams:
 
 
 def main(hp: TrainHparams) -> None:
-    from engine.runner import TrainingInterrupted, evaluate_run, resume_command, run_training
+    from engine.runner import TrainingInterrupted, evaluate_run, is_rank_zero, resume_command, run_training
 
     try:
         run_dir, results = run_training(hp)
@@ -58,6 +58,8 @@ def main(hp: TrainHparams) -> None:
         command = resume_command(sys.argv, checkpoint_in_config=bool(hp.checkpoint_path))
         print(f"\n{stop}\nresume with:\n  {command}", file=sys.stderr)
         sys.exit(stop.exit_code)
+    if not is_rank_zero():
+        return  # the summary, bench and inference belong to rank 0
     closing = evaluate_run(hp, run_dir, results[-1].best_checkpoint) if results else ""
     print(f"\nIllRecNet training finished: {run_dir}")
     for r in results:

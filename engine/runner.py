@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,53 @@ def latest_run_dir(experiment_dir: Path) -> Path | None:
     return None
 
 
+def is_rank_zero() -> bool:
+    """True in the process that owns the run folder: global rank 0 under torchrun (``RANK``) or SLURM
+    (``SLURM_PROCID``), else the first process of Lightning's own launcher."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def _external_launch_id() -> str | None:
+    """An id shared by every process of a torchrun / srun launch with several processes, else None."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        return f"torchrun-{run_id}-{os.environ.get('MASTER_ADDR', '')}-{os.environ.get('MASTER_PORT', '')}"
+    return None
+
+
+POINTER_WAIT_S = 600.0
+POINTER_MAX_AGE_S = 300.0
+
+
 def resolve_run_dir(experiment_dir: Path, resume: bool) -> Path:
-    """The run folder of this invocation (shared with DDP workers through an environment variable)."""
+    """The run folder of this invocation, one for all processes of a distributed run.
+
+    Lightning's own launcher re-runs the script in worker processes: they inherit the folder through
+    an environment variable. Under torchrun or SLURM every process starts on its own: global rank 0
+    chooses the folder and writes a pointer file named after the launch id next to it (so
+    ``log_dir`` must be on a file system all nodes share, as checkpoints must be); the other ranks
+    wait for a fresh pointer and read it.
+    """
     if shared := os.environ.get(RUN_DIR_ENV):
         return Path(shared)
+    launch_id = _external_launch_id()
+    pointer = experiment_dir / f".run-{launch_id}" if launch_id else None
+    if pointer is not None and not is_rank_zero():
+        run_dir = _wait_for_pointer(pointer)
+    else:
+        run_dir = _choose_run_dir(experiment_dir, resume)
+        if pointer is not None:
+            atomic_write_text(pointer, str(run_dir))
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    return run_dir
+
+
+def _choose_run_dir(experiment_dir: Path, resume: bool) -> Path:
     run_dir = None
     if resume:
         run_dir = latest_run_dir(experiment_dir)
@@ -112,9 +156,18 @@ def resolve_run_dir(experiment_dir: Path, resume: bool) -> Path:
             )
         else:
             log.info("--resume: continuing %s", run_dir)
-    run_dir = run_dir or new_run_dir(experiment_dir)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir
+    return run_dir or new_run_dir(experiment_dir)
+
+
+def _wait_for_pointer(pointer: Path) -> Path:
+    """Rank > 0: the run folder rank 0 wrote into ``pointer`` (ignoring pointers older than a few
+    minutes, left by an earlier launch with the same id)."""
+    deadline = time.monotonic() + POINTER_WAIT_S
+    while time.monotonic() < deadline:
+        if pointer.is_file() and time.time() - pointer.stat().st_mtime < POINTER_MAX_AGE_S:
+            return Path(pointer.read_text().strip())
+        time.sleep(0.5)
+    raise RuntimeError(f"rank 0 did not announce the run folder in {pointer} within {POINTER_WAIT_S:.0f} s")
 
 
 def build_datamodule(hp: DataHparams) -> LowLightDataModule:
@@ -215,7 +268,7 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
         if trainer.is_global_zero:
             atomic_write_text(done, json.dumps(result.__dict__, indent=2))
         results.append(result)
-    if results and int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+    if results and is_rank_zero():
         atomic_write_text(run_dir / "summary.json", json.dumps([r.__dict__ for r in results], indent=2))
     return run_dir, results
 
@@ -345,7 +398,7 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
     from engine.predict import TileSettings, collect_inputs
     from model.model import load_checkpoint
 
-    if int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0:
+    if not is_rank_zero():
         return ""
     engine = LightningEngine(accelerator=hp.accelerator, devices=1, precision=hp.precision, seed=hp.seed)
     module = load_checkpoint(checkpoint)

@@ -420,3 +420,22 @@ def test_infer_with_several_devices_runs_once_on_one(trained, tmp_path):
     )
     assert "run on one device" in proc.stderr
     assert "enhanced 2," in proc.stdout
+
+
+def test_torchrun_two_cpu_processes_share_one_run_folder(tmp_path):
+    """Under torchrun every process starts on its own: rank 0 picks the folder, the other finds it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "sample.yaml"), *TINY[:4],
+         "--num_workers", "0", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+         "--image_size", "32", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
+         "--log_dir", str(tmp_path), "--experiment_name", "tr", "--bench_data_path", str(tmp_path / "none"),
+         "--infer_data_path", str(tmp_path / "none")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [p.name for p in (tmp_path / "tr").iterdir() if not p.name.startswith(".")] == ["version_0"]
+    assert proc.stdout.count("IllRecNet training finished") == 1
+    result = json.loads((tmp_path / "tr/version_0/frozen/result.json").read_text())
+    pairs = len(list((SAMPLE / "1_train/SkimageSynth/low").iterdir()))
+    assert result["global_step"] == math.ceil(math.ceil(pairs / 2) / 4)
