@@ -439,3 +439,16 @@ def test_torchrun_two_cpu_processes_share_one_run_folder(tmp_path):
     result = json.loads((tmp_path / "tr/version_0/frozen/result.json").read_text())
     pairs = len(list((SAMPLE / "1_train/SkimageSynth/low").iterdir()))
     assert result["global_step"] == math.ceil(math.ceil(pairs / 2) / 4)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    run(
+        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY, "--precision", "bf16-mixed",
+        "--image_size", "32", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
+        "--log_dir", str(tmp_path), "--experiment_name", "bf16", "--bench_data_path", str(tmp_path / "none"),
+        "--infer_data_path", str(tmp_path / "none"),
+    )  # fmt: skip
+    result = json.loads((tmp_path / "bf16/version_0/frozen/result.json").read_text())
+    assert np.isfinite(result["valid_psnr"]) and result["global_step"] == 3
+    hparams = torch.load(tmp_path / "bf16/version_0/frozen/checkpoints/last.ckpt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in hparams["state_dict"].values() if v.is_floating_point())
