@@ -35,6 +35,8 @@ class BenchHparams(RuntimeHparams):
     """Enhance in tiles of this side (default: whole images, tiles only when too large for memory)."""
     tile_overlap: int = 32
     """Overlap between tiles, in pixels."""
+    max_pixels: int = 2_500_000
+    """Images with more pixels than this are enhanced in tiles (memory bound); out-of-memory also tiles."""
     log_dir: str = "runs/bench"
     """Root folder of bench results."""
 
@@ -49,6 +51,8 @@ class BenchHparams(RuntimeHparams):
             raise ValueError(f"--tile must be >= 16, got {self.tile}")
         if self.tile_overlap < 0:
             raise ValueError(f"--tile_overlap must be >= 0, got {self.tile_overlap}")
+        if self.max_pixels < 256 * 256:
+            raise ValueError(f"--max_pixels must be >= 65536, got {self.max_pixels}")
 
 
 def get_hparams() -> BenchHparams:
@@ -83,7 +87,7 @@ def main(hp: BenchHparams) -> None:
             out_dir=out_dir,
             metrics=hp.metrics,
             strict=hp.strict_metrics,
-            tiles=TileSettings(hp.tile, hp.tile_overlap),
+            tiles=TileSettings(hp.tile, hp.tile_overlap, hp.max_pixels),
             save_images=hp.save_images,
             checkpoint_path=hp.checkpoint_path,
             logger=writer,

@@ -32,6 +32,8 @@ class InferHparams(RuntimeHparams):
     """Enhance in tiles of this side (default: whole images, tiles only when too large for memory)."""
     tile_overlap: int = 32
     """Overlap between tiles, in pixels."""
+    max_pixels: int = 2_500_000
+    """Images with more pixels than this are enhanced in tiles (memory bound); out-of-memory also tiles."""
     log_dir: str = "runs"
     """Outputs go to <log_dir>/<experiment_name>/inference/."""
 
@@ -41,6 +43,8 @@ class InferHparams(RuntimeHparams):
             raise ValueError(f"--tile must be >= 16, got {self.tile}")
         if self.tile_overlap < 0:
             raise ValueError(f"--tile_overlap must be >= 0, got {self.tile_overlap}")
+        if self.max_pixels < 256 * 256:
+            raise ValueError(f"--max_pixels must be >= 65536, got {self.max_pixels}")
 
 
 def get_hparams() -> InferHparams:
@@ -69,7 +73,7 @@ def main(hp: InferHparams) -> None:
         self_ensemble=hp.self_ensemble,
         inputs=inputs,
         out_dir=out_dir,
-        tiles=TileSettings(hp.tile, hp.tile_overlap),
+        tiles=TileSettings(hp.tile, hp.tile_overlap, hp.max_pixels),
         overwrite=hp.overwrite,
         checkpoint_path=hp.checkpoint_path,
     )

@@ -113,7 +113,7 @@ class LightningEngine:
             InterruptCheckpoint(dirpath=ckpt_dir, filename=INTERRUPTED),
         ]
         logger = TensorBoardLogger(
-            save_dir=str(session_dir.parent), name=session_dir.name, version="", default_hp_metric=False
+            save_dir=str(session_dir.parent), name=session_dir.name, version="", default_hp_metric=True
         )
         return self.trainer(callbacks, logger=logger, **loop)
 

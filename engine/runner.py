@@ -378,6 +378,9 @@ def _finish_session(session, trainer, module, datamodule) -> SessionResult:
     callback = trainer.checkpoint_callback
     best = callback.best_model_path or callback.last_model_path
     metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    if trainer.logger is not None:  # the HPARAMS tab of TensorBoard: hyper-parameters vs best PSNR
+        trainer.logger.log_metrics({"hp_metric": float(metrics["valid/psnr"])}, step=trainer.global_step)
+        trainer.logger.finalize("success")
     return SessionResult(
         session=session,
         best_checkpoint=best,

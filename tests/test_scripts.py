@@ -112,6 +112,7 @@ def test_train_writes_checkpoints_logs_and_summary_for_both_sessions(trained):
         ):
             assert any(t.startswith(tag) for t in scalars), (session, tag, scalars)
         assert any(t.startswith("lr-AdamW") for t in scalars), scalars
+        assert "hp_metric" in scalars  # the HPARAMS tab: hyper-parameters against the best valid PSNR
         assert len(images) == 2, images  # num_log_images in configs/sample.yaml
         result = json.loads((session_dir / "result.json").read_text())
         assert result["epochs"] == 2 and np.isfinite(result["valid_psnr"])
