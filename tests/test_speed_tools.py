@@ -1,0 +1,125 @@
+"""The yardstick U-Net, the speed report and the quality comparison (tools/)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools.quality import QualityHparams, SyntheticPairs, holdout_pairs
+from tools.quality import main as quality_main
+from tools.speed_report import TARGETS, compare, interleaved
+from tools.yardstick import YardstickUNet
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_HIGH = ROOT / "sample" / "1_train" / "SkimageSynth" / "high"
+
+
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "ILLRECNET_IQA_DOWNLOAD": "0"},
+    )
+    assert proc.returncode == 0, (
+        f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
+    return proc
+
+
+def test_yardstick_has_about_1_93m_parameters():
+    params = sum(p.numel() for p in YardstickUNet().parameters())
+    assert abs(params - 1.93e6) <= 0.02 * 1.93e6, params
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (64, 48)])
+def test_yardstick_keeps_odd_sizes(size):
+    model = YardstickUNet().eval()
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_interleaved_timing_alternates_and_pairs_ratios():
+    calls = []
+    times = interleaved(
+        {"illrecnet": lambda: calls.append("A"), "yardstick": lambda: calls.append("B")},
+        3,
+        1,
+        torch.device("cpu"),
+    )
+    assert calls == ["A", "B"] * 4  # one warm-up round, then three timed rounds, A B A B ...
+    assert len(times["illrecnet"]) == len(times["yardstick"]) == 3
+    summary = compare({"illrecnet": [2.0, 4.0, 9.0], "yardstick": [1.0, 1.0, 3.0]})
+    assert summary["ratio"] == 3.0  # median of the per-round ratios 2, 4, 3
+    assert summary["illrecnet_s"] == 4.0 and summary["yardstick_s"] == 1.0
+
+
+@pytest.mark.slow
+def test_speed_report_quick_writes_every_field(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = run_module("tools.speed_report", "--quick", "true", "--output", str(out))
+    report = json.loads(out.read_text())
+    for key in ("machine", "settings", "model_config", "illrecnet", "yardstick", "latency", "train_step"):
+        assert key in report, key
+    for key in ("peak_memory", "flops", "data_pipeline", "targets", "markdown"):
+        assert key in report, key
+    for model in ("illrecnet", "yardstick"):
+        assert report[model]["params"] > 0
+        assert len(report[model]["gmacs"]) == 2 and all(v > 0 for v in report[model]["gmacs"].values())
+        assert report["peak_memory"][model]["bytes"] >= 0
+    assert len(report["latency"]) == 2
+    for entry in (*report["latency"].values(), report["train_step"]):
+        assert entry["illrecnet_s"] > 0 and entry["yardstick_s"] > 0 and entry["ratio"] > 0
+    assert report["flops"]["matmul_peak_gflops"] > 0 and report["flops"]["illrecnet_fraction"] > 0
+    assert report["data_pipeline"]["samples_per_s"] > 0 and report["data_pipeline"]["ratio"] > 0
+    assert set(report["targets"]) == set(TARGETS)
+    assert all(t["status"] in ("PASS", "FAIL") for t in report["targets"].values())
+    assert "| inference" in proc.stdout and ("PASS" in proc.stdout or "FAIL" in proc.stdout)
+
+
+def test_synthetic_pairs_are_reproducible_and_darker():
+    photo = torch.rand(40, 50, 3).numpy()
+    first = SyntheticPairs([photo], crop=16, batch_size=3, seed=5).batch()
+    second = SyntheticPairs([photo], crop=16, batch_size=3, seed=5).batch()
+    low, high = first
+    assert low.shape == high.shape == (3, 3, 16, 16)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert low.mean() < high.mean()
+    names = [name for name, _, _ in holdout_pairs(seed=0, max_side=32)]
+    assert len(names) == len(set(names)) == 8
+
+
+def test_quality_runs_end_to_end(tmp_path):
+    out = tmp_path / "quality.json"
+    hp = QualityHparams(
+        train_dir=[str(SAMPLE_HIGH)],
+        steps=3,
+        image_size=32,
+        holdout_max_side=48,
+        embed_dim=8,
+        num_heads=1,
+        output=str(out),
+    )
+    results = quality_main(hp)
+    saved = json.loads(out.read_text())
+    assert saved["target"] == results["target"]
+    for name in ("illrecnet", "yardstick"):
+        entry = saved["models"][name]
+        assert entry["train_s"] > 0 and 0 < entry["ssim"] <= 1 and entry["psnr"] > 0
+        assert len(entry["per_image"]) == 8
+    assert saved["recipe"]["steps"] == 3 and saved["train_photos"] == 10
+
+
+def test_quality_cli_help():
+    proc = run_module("tools.quality", "--help", timeout=120)
+    for flag in ("--steps", "--train_dir", "--embed_dim", "--output"):
+        assert flag in proc.stdout

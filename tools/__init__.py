@@ -1,0 +1,1 @@
+"""Measurement tools: the yardstick U-Net, the speed report and the quality-per-step comparison."""

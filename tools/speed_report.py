@@ -1,0 +1,538 @@
+"""Speed report: IllRecNet against the yardstick U-Net, measured in one run.
+
+``python -m tools.speed_report`` (or ``--checkpoint_path C`` for a trained model; otherwise the
+default configuration) prints a Markdown table and writes JSON (atomically) with:
+
+- parameters, and GMACs at 256x256 and 600x400 (``FlopCounterMode``, MACs = FLOPs / 2, counted
+  with gradients enabled as in the model budget);
+- inference latency at 600x400 and 1920x1080 (``torch.no_grad``, eval mode, median after warm-up);
+- one training step (batch 4, 128x128 crops, AdamW, L1 + L2 loss, forward + backward + step;
+  the fused AdamW kernel by default: the per-parameter loop costs more for models with many small
+  parameter tensors than for the yardstick's 36);
+- peak memory of whole-image 1080p inference (CPU: peak-RSS increase in a fresh subprocess per
+  measurement; CUDA: ``torch.cuda.max_memory_allocated``);
+- the data pipeline (``PairedImageDataset``, crop 128 + augmentation, ``num_workers=2``) in
+  samples/s, against the samples/s that training consumes;
+- model FLOP/s at 600x400 as a fraction of the machine's fp32 matmul peak (a large ``torch.mm``).
+
+Every timing of IllRecNet is interleaved with the same timing of the yardstick (A B A B ...), so
+machine noise hits both, and a ratio is the median over rounds of ``IllRecNet / yardstick`` times
+measured back to back. Sizes are written ``W x H``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from utils.utils import atomic_write_text, parse_hparams
+
+TARGETS = {
+    "latency_600x400_ratio": 1.5,
+    "train_step_ratio": 1.7,
+    "flops_fraction_of_matmul_peak": 0.35,
+    "peak_memory_1080p_gb": 2.5,
+    "data_pipeline_ratio": 4.0,
+    "params_m": 1.5,
+    "gmacs_256x256": 6.0,
+    "mac_scaling_4x_pixels": 4.5,
+}
+"""Bounds the report checks (keys named after the full-size measurements; ``--quick`` checks its
+tiny sizes against the same numbers). Upper bounds except :data:`LOWER_BOUNDS`."""
+LOWER_BOUNDS = frozenset({"flops_fraction_of_matmul_peak", "data_pipeline_ratio"})
+
+
+@dataclass
+class SpeedHparams:
+    """Speed report of IllRecNet against the yardstick U-Net."""
+
+    threads: int = 2
+    """torch intra-op threads (also used by the memory subprocesses)."""
+    repeats: int = 7
+    """Timed repetitions of each measurement (the median is reported)."""
+    warmup: int = 2
+    """Untimed repetitions before timing."""
+    checkpoint_path: str | None = None
+    """Trained checkpoint to measure (default: the default model configuration, random weights)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Device to measure on."""
+    output: str = "runs/speed/speed_report.json"
+    """JSON report (written atomically)."""
+    fused_adamw: bool = True
+    """Fused AdamW kernel in the training step (false: PyTorch's default per-parameter loop)."""
+    train_data_path: str = "sample/1_train"
+    """Split whose pairs feed the data-pipeline measurement."""
+    quick: bool = False
+    """Tiny sizes and one repetition: checks that the report runs, not how fast anything is."""
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every size the report uses, ``(W, H)``; ``quick`` shrinks them all."""
+
+    macs: tuple[tuple[int, int], ...]
+    scaling: tuple[tuple[int, int], tuple[int, int]]
+    latency: tuple[tuple[int, int], ...]
+    memory: tuple[int, int]
+    crop: int
+    batch: int
+    matmul: int
+    data_batches: int
+
+
+FULL = Sizes(
+    macs=((256, 256), (600, 400)),
+    scaling=((256, 256), (512, 512)),
+    latency=((600, 400), (1920, 1080)),
+    memory=(1920, 1080),
+    crop=128,
+    batch=4,
+    matmul=2048,
+    data_batches=60,
+)
+QUICK = Sizes(
+    macs=((32, 32), (48, 40)),
+    scaling=((32, 32), (64, 64)),
+    latency=((48, 40), (72, 56)),
+    memory=(72, 56),
+    crop=32,
+    batch=2,
+    matmul=256,
+    data_batches=3,
+)
+
+
+def wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------ models
+def build_models(checkpoint_path: str | None) -> tuple[nn.Module, nn.Module, dict]:
+    """IllRecNet's enhancer (from the checkpoint, else default config), the yardstick, the config."""
+    from model.model import LowLightEnhancerLightning, load_checkpoint
+    from tools.yardstick import YardstickUNet
+
+    module = load_checkpoint(checkpoint_path) if checkpoint_path else LowLightEnhancerLightning()
+    config = {k: v for k, v in module.hparams.items() if k in _MODEL_KEYS}
+    return module.model, YardstickUNet(), config
+
+
+_MODEL_KEYS = (
+    "channels",
+    "kernel_size",
+    "sigma",
+    "trainable_separation",
+    "embed_dim",
+    "num_heads",
+    "mlp_ratio",
+    "num_resolution",
+    "dropout_ratio",
+)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+SDPA_CPU_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flop,
+}
+"""FlopCounterMode counts the CUDA SDPA kernels but not the CPU one; these formulas fill the gap."""
+
+
+def gmacs(model: nn.Module, size: tuple[int, int], device: torch.device) -> float:
+    """Forward GMACs of one ``(1, 3, H, W)`` image, counted with gradients enabled (FLOPs / 2)."""
+    x = torch.rand(1, 3, size[1], size[0], device=device)
+    with FlopCounterMode(display=False, custom_mapping=SDPA_CPU_FLOPS) as counter:
+        model(x)
+    return counter.get_total_flops() / 2e9
+
+
+# ------------------------------------------------------------------------------------------ timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device):
+    """Time each callable ``repeats`` times, alternating between them (A B A B ...).
+
+    Returns ``{name: [seconds, ...]}`` with one entry per round, in round order.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def compare(times: dict[str, list[float]]) -> dict:
+    """Medians of both models and the median over rounds of their paired ratio."""
+    ill, yard = times["illrecnet"], times["yardstick"]
+    return {
+        "illrecnet_s": statistics.median(ill),
+        "yardstick_s": statistics.median(yard),
+        "ratio": statistics.median(a / b for a, b in zip(ill, yard, strict=True)),
+        "illrecnet_all_s": ill,
+        "yardstick_all_s": yard,
+    }
+
+
+def inference_fn(model: nn.Module, size: tuple[int, int], device: torch.device) -> Callable[[], object]:
+    x = torch.rand(1, 3, size[1], size[0], device=device)
+
+    def run() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+def train_step_fn(
+    model: nn.Module, crop: int, batch: int, device: torch.device, fused: bool
+) -> Callable[[], object]:
+    """One AdamW step on a fixed random batch with L1 + L2 loss (forward + backward + step)."""
+    low = torch.rand(batch, 3, crop, crop, device=device)
+    high = torch.rand(batch, 3, crop, crop, device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused or None)
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(low)
+        (F.l1_loss(out, high) + F.mse_loss(out, high)).backward()
+        optimizer.step()
+
+    return run
+
+
+def matmul_peak_gflops(n: int, repeats: int, device: torch.device) -> float:
+    """fp32 ``torch.mm`` of two ``n x n`` matrices: the best GFLOP/s of ``repeats`` runs."""
+    a = torch.rand(n, n, device=device)
+    b = torch.rand(n, n, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(max(3, repeats)):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _status_bytes(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _peak_rss_bytes() -> int:
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_worker(model_file: str, size: tuple[int, int], device: str, threads: int) -> dict:
+    """Peak memory increase of one whole-image no-grad inference (run in a fresh process).
+
+    CPU: peak RSS during the forward minus RSS just before it (VmHWM is reset first where the
+    kernel allows; otherwise the baseline is the peak so far). CUDA: max_memory_allocated minus
+    memory_allocated before the forward.
+    """
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = torch.load(model_file, map_location=dev, weights_only=False).eval()  # our own file
+    x = torch.rand(1, 3, size[1], size[0], device=dev)
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        with torch.no_grad():
+            model(x)
+        torch.cuda.synchronize(dev)
+        return {"bytes": torch.cuda.max_memory_allocated(dev) - before, "method": "cuda max_memory_allocated"}
+    reset = _reset_peak_rss()
+    before = _status_bytes("VmRSS") if reset else _peak_rss_bytes()
+    with torch.no_grad():
+        model(x)
+    method = "VmHWM (reset first) minus VmRSS before" if reset else "peak RSS minus the peak before"
+    return {"bytes": _peak_rss_bytes() - before, "method": method}
+
+
+def peak_memory(model: nn.Module, size: tuple[int, int], device: str, threads: int) -> dict:
+    """Run :func:`memory_worker` in a fresh spawned interpreter so earlier allocations do not count.
+
+    The model travels as a pickled module in a temporary file: the worker needs no checkpoint
+    loading (and no Lightning import).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        model_file = str(Path(folder) / "model.pt")
+        torch.save(model, model_file)
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(memory_worker, (model_file, size, device, threads))
+
+
+# ------------------------------------------------------------------------------------ data pipeline
+def data_pipeline(train_data_path: str, crop: int, batch: int, batches: int) -> dict:
+    """Samples/s the project's training pipeline delivers (2 workers), after the first batch."""
+    from torch.utils.data import DataLoader
+
+    from data.dataloader import PairedImageDataset
+    from data.utils import scan_split
+
+    pairs = [p for sub in scan_split(train_data_path, require_high=True).values() for p in sub]
+    repeat = -(-(batches + 2) * batch // len(pairs))
+    dataset = PairedImageDataset(pairs * repeat, crop_size=crop, augment=True)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2, persistent_workers=True)
+    iterator = iter(loader)
+    next(iterator)  # worker start-up is not throughput
+    start = time.perf_counter()
+    samples = 0
+    for _ in range(batches):
+        samples += next(iterator)["low"].shape[0]
+    seconds = time.perf_counter() - start
+    del iterator, loader
+    return {"pairs": len(pairs), "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+
+
+# ------------------------------------------------------------------------------------------ report
+def _check(value: float, target: float, upper: bool) -> str:
+    return "PASS" if (value <= target if upper else value >= target) else "FAIL"
+
+
+def measure(hp: SpeedHparams) -> dict:
+    """Run every measurement; returns the JSON-ready report."""
+    torch.set_num_threads(hp.threads)
+    torch.manual_seed(0)
+    sizes = QUICK if hp.quick else FULL
+    repeats, warmup = (1, 0) if hp.quick else (hp.repeats, hp.warmup)
+    device = torch.device(hp.device)
+    illrecnet, yardstick, config = build_models(hp.checkpoint_path)
+    models = {"illrecnet": illrecnet.to(device), "yardstick": yardstick.to(device)}
+
+    report: dict = {
+        "machine": {
+            "device": hp.device,
+            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            "threads": hp.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "settings": {**asdict(hp), "repeats": repeats, "warmup": warmup},
+        "model_config": config,
+        "checkpoint_path": hp.checkpoint_path,
+        "sizes_note": "sizes are W x H",
+    }
+    print("counting parameters and MACs ...", file=sys.stderr)
+    for name, model in models.items():
+        model.train()
+        entry = {"params": count_params(model)}
+        entry["gmacs"] = {wxh(s): gmacs(model, s, device) for s in sizes.macs}
+        small, big = (gmacs(model, s, device) for s in sizes.scaling)
+        entry["mac_scaling_4x_pixels"] = big / small
+        report[name] = entry
+
+    print("timing inference (interleaved) ...", file=sys.stderr)
+    for model in models.values():
+        model.eval()
+    report["latency"] = {}
+    for size in sizes.latency:
+        fns = {name: inference_fn(model, size, device) for name, model in models.items()}
+        report["latency"][wxh(size)] = compare(interleaved(fns, repeats, warmup, device))
+
+    print("timing training steps (interleaved) ...", file=sys.stderr)
+    for model in models.values():
+        model.train()
+    fns = {
+        name: train_step_fn(model, sizes.crop, sizes.batch, device, hp.fused_adamw)
+        for name, model in models.items()
+    }
+    train = compare(interleaved(fns, repeats, warmup, device))
+    train.update(batch=sizes.batch, crop=sizes.crop, fused_adamw=hp.fused_adamw)
+    train.update(illrecnet_steps_per_s=1 / train["illrecnet_s"])
+    train["yardstick_steps_per_s"] = 1 / train["yardstick_s"]
+    report["train_step"] = train
+
+    print("measuring peak memory (fresh subprocesses) ...", file=sys.stderr)
+    report["peak_memory"] = {
+        "size": wxh(sizes.memory),
+        **{name: peak_memory(m, sizes.memory, hp.device, hp.threads) for name, m in models.items()},
+    }
+
+    print("measuring the matmul peak and the data pipeline ...", file=sys.stderr)
+    peak = matmul_peak_gflops(sizes.matmul, repeats, device)
+    first = wxh(sizes.latency[0])
+    model_gflops = 2 * report["illrecnet"]["gmacs"][first] / report["latency"][first]["illrecnet_s"]
+    yard_gflops = 2 * report["yardstick"]["gmacs"][first] / report["latency"][first]["yardstick_s"]
+    report["flops"] = {
+        "matmul_n": sizes.matmul,
+        "matmul_peak_gflops": peak,
+        "size": first,
+        "illrecnet_gflops": model_gflops,
+        "illrecnet_fraction": model_gflops / peak,
+        "yardstick_gflops": yard_gflops,
+        "yardstick_fraction": yard_gflops / peak,
+    }
+    data = data_pipeline(hp.train_data_path, sizes.crop, sizes.batch, sizes.data_batches)
+    data["train_consumes_samples_per_s"] = train["illrecnet_steps_per_s"] * sizes.batch
+    data["ratio"] = data["samples_per_s"] / data["train_consumes_samples_per_s"]
+    report["data_pipeline"] = data
+
+    ill = report["illrecnet"]
+    checks = {
+        "params_m": ill["params"] / 1e6,
+        "gmacs_256x256": ill["gmacs"][wxh(sizes.macs[0])],
+        "mac_scaling_4x_pixels": ill["mac_scaling_4x_pixels"],
+        "latency_600x400_ratio": report["latency"][first]["ratio"],
+        "train_step_ratio": train["ratio"],
+        "flops_fraction_of_matmul_peak": model_gflops / peak,
+        "peak_memory_1080p_gb": report["peak_memory"]["illrecnet"]["bytes"] / 1e9,
+        "data_pipeline_ratio": data["ratio"],
+    }
+    report["targets"] = {
+        key: {
+            "value": value,
+            "target": TARGETS[key],
+            "bound": "min" if key in LOWER_BOUNDS else "max",
+            "status": _check(value, TARGETS[key], upper=key not in LOWER_BOUNDS),
+        }
+        for key, value in checks.items()
+    }
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table: IllRecNet | yardstick | ratio | target | status."""
+    ill, yard, targets = report["illrecnet"], report["yardstick"], report["targets"]
+    lat, train, mem, flops = report["latency"], report["train_step"], report["peak_memory"], report["flops"]
+    data, machine, settings = report["data_pipeline"], report["machine"], report["settings"]
+    rows = [
+        "| measurement | IllRecNet | yardstick | IllRecNet / yardstick | target | status |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(label: str, a: str, b: str, ratio: str = "", key: str | None = None) -> None:
+        bound = status = ""
+        if key is not None:
+            t = targets[key]
+            bound, status = f"{'<=' if t['bound'] == 'max' else '>='} {t['target']:g}", t["status"]
+        rows.append(f"| {label} | {a} | {b} | {ratio} | {bound} | {status} |")
+
+    row("parameters (M)", f"{ill['params'] / 1e6:.3f}", f"{yard['params'] / 1e6:.3f}",
+        f"{ill['params'] / yard['params']:.2f}", "params_m")  # fmt: skip
+    for i, size in enumerate(ill["gmacs"]):
+        a, b = ill["gmacs"][size], yard["gmacs"][size]
+        row(f"GMACs {size}", f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}", "gmacs_256x256" if i == 0 else None)
+    row("MACs growth for 4x pixels", f"{ill['mac_scaling_4x_pixels']:.2f}x",
+        f"{yard['mac_scaling_4x_pixels']:.2f}x", "", "mac_scaling_4x_pixels")  # fmt: skip
+    for i, (size, t) in enumerate(lat.items()):
+        row(f"inference {size} (s, median)", f"{t['illrecnet_s']:.3f}", f"{t['yardstick_s']:.3f}",
+            f"{t['ratio']:.2f}", "latency_600x400_ratio" if i == 0 else None)  # fmt: skip
+    row(f"training step, batch {train['batch']} x {train['crop']}^2 (s)",
+        f"{train['illrecnet_s']:.3f} ({train['illrecnet_steps_per_s']:.2f} steps/s)",
+        f"{train['yardstick_s']:.3f} ({train['yardstick_steps_per_s']:.2f} steps/s)",
+        f"{train['ratio']:.2f}", "train_step_ratio")  # fmt: skip
+    a, b = mem["illrecnet"]["bytes"], mem["yardstick"]["bytes"]
+    row(f"peak memory, {mem['size']} inference (GB)", f"{a / 1e9:.2f}", f"{b / 1e9:.2f}",
+        f"{a / max(1, b):.2f}", "peak_memory_1080p_gb")  # fmt: skip
+    row(f"model GFLOP/s at {flops['size']} (fraction of the {flops['matmul_peak_gflops']:.0f} GFLOP/s "
+        "matmul peak)", f"{flops['illrecnet_gflops']:.1f} ({flops['illrecnet_fraction']:.0%})",
+        f"{flops['yardstick_gflops']:.1f} ({flops['yardstick_fraction']:.0%})", "",
+        "flops_fraction_of_matmul_peak")  # fmt: skip
+    row(f"data pipeline, samples/s (ratio: to the {data['train_consumes_samples_per_s']:.1f}/s "
+        "training consumes)", f"{data['samples_per_s']:.1f}", "", f"{data['ratio']:.1f}x",
+        "data_pipeline_ratio")  # fmt: skip
+    head = (
+        f"Speed report ({machine['device']}: {machine['name']}, fp32, {machine['threads']} threads; "
+        f"{settings['repeats']} interleaved rounds after {settings['warmup']} warm-up; sizes W x H; "
+        "a ratio is the median over rounds of IllRecNet / yardstick timed back to back)"
+    )
+    config = ", ".join(f"{k}={v}" for k, v in report["model_config"].items())
+    return f"{head}\n\nIllRecNet: {config}\n\n" + "\n".join(rows) + "\n"
+
+
+def get_hparams() -> SpeedHparams:
+    return SpeedHparams()
+
+
+def main(hp: SpeedHparams) -> dict:
+    report = measure(hp)
+    text = markdown(report)
+    report["markdown"] = text
+    atomic_write_text(Path(hp.output), json.dumps(report, indent=2) + "\n")
+    print(text)
+    print(f"wrote {hp.output}")
+    return report
+
+
+if __name__ == "__main__":
+    main(parse_hparams(type(get_hparams()), __doc__.split("\n\n")[0], sys.argv[1:]))
