@@ -32,7 +32,7 @@ class InferHparams(RuntimeHparams):
     """Enhance in tiles of this side (default: whole images, tiles only when too large for memory)."""
     tile_overlap: int = 32
     """Overlap between tiles, in pixels."""
-    max_pixels: int = 2_500_000
+    max_pixels: int = 2_100_000
     """Images with more pixels than this are enhanced in tiles (memory bound); out-of-memory also tiles."""
     log_dir: str = "runs"
     """Outputs go to <log_dir>/<experiment_name>/inference/."""

@@ -93,7 +93,7 @@ class TileSettings:
     tile: int | None = None
     """Tile side; None = whole image unless it exceeds max_pixels or runs out of memory."""
     overlap: int = 32
-    max_pixels: int = 2_500_000
+    max_pixels: int = 2_100_000
     """Images with more pixels are tiled from the start (a 1080p frame still runs whole; 4K is tiled,
     which keeps a 3840x2160 image under 3 GB of peak memory on a CPU)."""
 
