@@ -60,7 +60,9 @@ def main(hp: TrainHparams) -> None:
         sys.exit(stop.exit_code)
     if not is_rank_zero():
         return  # the summary, bench and inference belong to rank 0
-    closing = evaluate_run(hp, run_dir, results[-1].best_checkpoint) if results else ""
+    # The closing bench uses the best checkpoint over all sessions (lowest valid/3_total).
+    best = min(results, key=lambda r: r.valid_total) if results else None
+    closing = evaluate_run(hp, run_dir, best.best_checkpoint) if best else ""
     print(f"\nIllRecNet training finished: {run_dir}")
     for r in results:
         print(
