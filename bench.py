@@ -69,13 +69,7 @@ def main(hp: BenchHparams) -> None:
     from engine.runner import new_run_dir
     from model.model import load_checkpoint
 
-    engine = LightningEngine(
-        accelerator=hp.accelerator,
-        devices=hp.devices,
-        num_nodes=hp.num_nodes,
-        precision=hp.precision,
-        seed=hp.seed,
-    )
+    engine = LightningEngine.from_hparams(hp)
     module = load_checkpoint(hp.checkpoint_path)
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
     writer = SummaryWriter(str(out_dir))

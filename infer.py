@@ -58,13 +58,7 @@ def main(hp: InferHparams) -> None:
     from engine.predict import TileSettings, collect_inputs
     from model.model import load_checkpoint
 
-    engine = LightningEngine(
-        accelerator=hp.accelerator,
-        devices=hp.devices,
-        num_nodes=hp.num_nodes,
-        precision=hp.precision,
-        seed=hp.seed,
-    )
+    engine = LightningEngine.from_hparams(hp)
     module = load_checkpoint(hp.checkpoint_path)
     inputs = collect_inputs(hp.infer_data_path, hp.input)
     out_dir = Path(hp.log_dir) / hp.experiment_name / "inference"

@@ -42,14 +42,7 @@ def main(hp: ValidHparams) -> None:
     from model.model import load_checkpoint
     from utils.utils import atomic_write_text
 
-    engine = LightningEngine(
-        accelerator=hp.accelerator,
-        devices=hp.devices,
-        num_nodes=hp.num_nodes,
-        strategy=hp.strategy,
-        precision=hp.precision,
-        seed=hp.seed,
-    )
+    engine = LightningEngine.from_hparams(hp)
     module = load_checkpoint(hp.checkpoint_path)
     datamodule = LowLightDataModule(valid_data_path=hp.valid_data_path, num_workers=hp.num_workers)
     metrics = engine.valid(module, datamodule)[0]

@@ -49,6 +49,7 @@ class LightningEngine:
         accelerator, devices, num_nodes, strategy, precision: passed to ``lightning.Trainer``.
         seed: ``seed_everything(seed, workers=True)`` is called before every stage.
         deterministic: ``torch.use_deterministic_algorithms`` through the Trainer.
+        compile: ``torch.compile`` the enhancer before every stage (:meth:`compiled`).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class LightningEngine:
         precision: str = "32-true",
         seed: int = 42,
         deterministic: bool = False,
+        compile: bool = False,
     ) -> None:
         self.accelerator = accelerator
         self.devices = devices
@@ -68,7 +70,35 @@ class LightningEngine:
         self.precision = precision
         self.seed = seed
         self.deterministic = deterministic
+        self.compile = compile
         _check_accelerator(accelerator)
+
+    @classmethod
+    def from_hparams(cls, hp: Any, **overrides: Any) -> "LightningEngine":
+        """The engine a script's hyper-parameters ask for (the :class:`RuntimeHparams` fields it has,
+        plus ``deterministic`` where present); ``overrides`` win."""
+        names = (
+            "accelerator",
+            "devices",
+            "num_nodes",
+            "strategy",
+            "precision",
+            "seed",
+            "deterministic",
+            "compile",
+        )
+        return cls(**{**{n: getattr(hp, n) for n in names if hasattr(hp, n)}, **overrides})
+
+    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """With ``compile``, wrap the module's enhancer (``module.model``, or the module itself) in
+        ``torch.compile`` in place (``nn.Module.compile``: parameter names and checkpoints are
+        unchanged). Sizes: the first compiles a static graph; the first different size recompiles
+        once with symbolic height and width (dynamo's automatic dynamic shapes), which later sizes
+        reuse."""
+        target = getattr(module, "model", module)
+        if self.compile and getattr(target, "_compiled_call_impl", None) is None:
+            target.compile()
+        return module
 
     def trainer(
         self, callbacks: list[Callback], logger: TensorBoardLogger | bool = False, **loop: Any
@@ -124,16 +154,22 @@ class LightningEngine:
         trainer: L.Trainer,
         ckpt_path: str | None = None,
     ) -> None:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(self.compiled(module), datamodule=datamodule, ckpt_path=ckpt_path)
 
     def valid(self, module: L.LightningModule, datamodule: L.LightningDataModule) -> list[dict[str, float]]:
-        return self.trainer([], logger=False).validate(module, datamodule=datamodule, verbose=False)
+        return self.trainer([], logger=False).validate(
+            self.compiled(module), datamodule=datamodule, verbose=False
+        )
 
     def bench(self, module: torch.nn.Module, self_ensemble: bool = False, **kwargs: Any):
-        return run_bench(Enhance(module, self.device(), self_ensemble, self.precision), **kwargs)
+        return run_bench(
+            Enhance(self.compiled(module), self.device(), self_ensemble, self.precision), **kwargs
+        )
 
     def infer(self, module: torch.nn.Module, self_ensemble: bool = False, **kwargs: Any):
-        return run_infer(Enhance(module, self.device(), self_ensemble, self.precision), **kwargs)
+        return run_infer(
+            Enhance(self.compiled(module), self.device(), self_ensemble, self.precision), **kwargs
+        )
 
     def device(self) -> torch.device:
         """The single device of bench/infer. They process each image exactly once in one process, so

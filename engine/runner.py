@@ -211,15 +211,7 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
     Raises :class:`TrainingInterrupted` after Ctrl-C or SIGTERM (``interrupted.ckpt`` saved, logs
     flushed) and :class:`~model.model.CheckpointError` for a checkpoint that cannot be resumed.
     """
-    engine = LightningEngine(
-        accelerator=hp.accelerator,
-        devices=hp.devices,
-        num_nodes=hp.num_nodes,
-        strategy=hp.strategy,
-        precision=hp.precision,
-        seed=hp.seed,
-        deterministic=hp.deterministic,
-    )
+    engine = LightningEngine.from_hparams(hp)
     explicit = Path(hp.checkpoint_path) if hp.checkpoint_path else None
     if explicit is not None:
         read_checkpoint(explicit)  # missing or unreadable: an error before any folder is created
@@ -403,7 +395,7 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
 
     if not is_rank_zero():
         return ""
-    engine = LightningEngine(accelerator=hp.accelerator, devices=1, precision=hp.precision, seed=hp.seed)
+    engine = LightningEngine.from_hparams(hp, devices=1, num_nodes=1, strategy="auto")
     module = load_checkpoint(checkpoint)
     lines = []
     if Path(hp.bench_data_path).is_dir():

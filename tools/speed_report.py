@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import sys
@@ -79,10 +80,15 @@ class SpeedHparams:
     """Split whose pairs feed the data-pipeline measurement."""
     quick: bool = False
     """Tiny sizes and one repetition: checks that the report runs, not how fast anything is."""
+    compile: bool = False
+    """torch.compile both models before timing (compilation happens in the warm-up rounds; MACs and
+    the peak-memory subprocesses stay eager)."""
 
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.compile and self.warmup < 1:
+            raise ValueError("compile needs warmup >= 1 (the first round compiles)")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -217,12 +223,15 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
 
 
 def compare(times: dict[str, list[float]]) -> dict:
-    """Medians of both models and the median over rounds of their paired ratio."""
+    """Medians of both models, the median over rounds of their paired ratio (the reported ratio), and
+    the ratio of the two fastest times (``ratio_of_best``: closest to a quiet machine when other
+    processes compete for the cores only part of the time)."""
     ill, yard = times["illrecnet"], times["yardstick"]
     return {
         "illrecnet_s": statistics.median(ill),
         "yardstick_s": statistics.median(yard),
         "ratio": statistics.median(a / b for a, b in zip(ill, yard, strict=True)),
+        "ratio_of_best": min(ill) / min(yard),
         "illrecnet_all_s": ill,
         "yardstick_all_s": yard,
     }
@@ -374,11 +383,12 @@ def measure(hp: SpeedHparams) -> dict:
     torch.set_num_threads(hp.threads)
     torch.manual_seed(0)
     sizes = QUICK if hp.quick else FULL
-    repeats, warmup = (1, 0) if hp.quick else (hp.repeats, hp.warmup)
+    repeats, warmup = (1, int(hp.compile)) if hp.quick else (hp.repeats, hp.warmup)
     device = torch.device(hp.device)
     illrecnet, yardstick, config = build_models(hp.checkpoint_path)
     models = {"illrecnet": illrecnet.to(device), "yardstick": yardstick.to(device)}
 
+    load_start = os.getloadavg()[0]
     report: dict = {
         "machine": {
             "device": hp.device,
@@ -401,6 +411,9 @@ def measure(hp: SpeedHparams) -> dict:
         entry["mac_scaling_4x_pixels"] = big / small
         report[name] = entry
 
+    if hp.compile:
+        for model in models.values():
+            model.compile()
     print("timing inference (interleaved) ...", file=sys.stderr)
     for model in models.values():
         model.eval()
@@ -458,6 +471,7 @@ def measure(hp: SpeedHparams) -> dict:
         "peak_memory_1080p_gb": report["peak_memory"]["illrecnet"]["bytes"] / 1e9,
         "data_pipeline_ratio": data["ratio"],
     }
+    report["machine"]["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
     report["targets"] = {
         key: {
             "value": value,
@@ -496,11 +510,12 @@ def markdown(report: dict) -> str:
         f"{yard['mac_scaling_4x_pixels']:.2f}x", "", "mac_scaling_4x_pixels")  # fmt: skip
     for i, (size, t) in enumerate(lat.items()):
         row(f"inference {size} (s, median)", f"{t['illrecnet_s']:.3f}", f"{t['yardstick_s']:.3f}",
-            f"{t['ratio']:.2f}", "latency_600x400_ratio" if i == 0 else None)  # fmt: skip
+            f"{t['ratio']:.2f} (best {t['ratio_of_best']:.2f})",
+            "latency_600x400_ratio" if i == 0 else None)  # fmt: skip
     row(f"training step, batch {train['batch']} x {train['crop']}^2 (s)",
         f"{train['illrecnet_s']:.3f} ({train['illrecnet_steps_per_s']:.2f} steps/s)",
         f"{train['yardstick_s']:.3f} ({train['yardstick_steps_per_s']:.2f} steps/s)",
-        f"{train['ratio']:.2f}", "train_step_ratio")  # fmt: skip
+        f"{train['ratio']:.2f} (best {train['ratio_of_best']:.2f})", "train_step_ratio")  # fmt: skip
     a, b = mem["illrecnet"]["bytes"], mem["yardstick"]["bytes"]
     row(f"peak memory, {mem['size']} inference (GB)", f"{a / 1e9:.2f}", f"{b / 1e9:.2f}",
         f"{a / max(1, b):.2f}", "peak_memory_1080p_gb")  # fmt: skip
@@ -512,12 +527,26 @@ def markdown(report: dict) -> str:
         "training consumes)", f"{data['samples_per_s']:.1f}", "", f"{data['ratio']:.1f}x",
         "data_pipeline_ratio")  # fmt: skip
     head = (
-        f"Speed report ({machine['device']}: {machine['name']}, fp32, {machine['threads']} threads; "
+        f"Speed report ({machine['device']}: {machine['name']}, fp32"
+        + (", torch.compile (MACs and peak memory eager)" if settings.get("compile") else "")
+        + f", {machine['threads']} threads; "
         f"{settings['repeats']} interleaved rounds after {settings['warmup']} warm-up; sizes W x H; "
-        "a ratio is the median over rounds of IllRecNet / yardstick timed back to back)"
+        "a ratio is the median over rounds of IllRecNet / yardstick timed back to back; best: ratio of "
+        "the fastest times)"
+    )
+    load = machine["load_average_1min"]
+    busy = max(load.values()) > machine["threads"] + 0.5 and machine["device"] == "cpu"
+    note = (
+        f"\nMachine load (1-min average) {load['start']:.1f} at the start, {load['end']:.1f} at the end"
+        + (
+            f": above the {machine['threads']} threads measured, so other processes competed for the "
+            "cores; absolute times are unreliable (the interleaved ratios less so).\n"
+            if busy
+            else ".\n"
+        )
     )
     config = ", ".join(f"{k}={v}" for k, v in report["model_config"].items())
-    return f"{head}\n\nIllRecNet: {config}\n\n" + "\n".join(rows) + "\n"
+    return f"{head}\n\nIllRecNet: {config}\n\n" + "\n".join(rows) + "\n" + note
 
 
 def get_hparams() -> SpeedHparams:

@@ -126,6 +126,9 @@ class RuntimeHparams:
     """Sub-folder of log_dir for this experiment; every run gets its own version_N inside."""
     seed: int = 42
     """Seed for Python, NumPy, torch and the data-loader workers."""
+    compile: bool = False
+    """torch.compile the enhancer (inductor). The first image size compiles, the second recompiles
+    once with symbolic height and width; later sizes reuse that graph."""
 
     def __post_init__(self) -> None:
         _check(self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes}")

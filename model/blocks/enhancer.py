@@ -128,9 +128,9 @@ class Enhancer(nn.Module):
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the
         illumination and reflectance maps (same shape) for inspection."""
-        padded, size = pad_to_multiple(x, self.stride)
+        padded, size = pad_to_multiple(x.contiguous(memory_format=torch.channels_last), self.stride)
         illumination, reflectance = self.separation(padded)
-        out = crop_to(self.decoder(padded, self.encoder(illumination, reflectance)), size)
+        out = crop_to(self.decoder(padded, self.encoder(illumination, reflectance)), size).contiguous()
         if return_maps:
             return out, crop_to(illumination, size), crop_to(reflectance, size)
         return out

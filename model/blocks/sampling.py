@@ -1,56 +1,100 @@
 """Resolution changes: patch embedding, down/up-sampling, and padding to the network's stride.
 
-Down- and up-sampling are lossless re-arrangements (pixel-unshuffle / pixel-shuffle, Shi et al.
-2016) followed by a 1x1 mixing convolution, so no information is thrown away by striding.
+Every resolution change is a single strided (or transposed) convolution that sees whole patches, so
+no information is thrown away by striding:
+
+- :class:`PatchEmbed` is pixel-unshuffle by ``p`` (Shi et al. 2016) followed by a 3x3 convolution,
+  written as the equivalent ``3p x 3p`` convolution of stride ``p`` (each output pixel sees the 3x3
+  neighbourhood of ``p x p`` patches, the same weights one-to-one); :class:`PatchUnembed` is its
+  transpose (3x3 convolution then pixel-shuffle).
+- :class:`Downsample` / :class:`Upsample` are 2x2 convolutions of stride 2 and their transposes,
+  the same linear maps as pixel-unshuffle + 1x1 convolution and 1x1 convolution + pixel-shuffle.
+
+One operation instead of a re-arranged copy plus a convolution is faster, and its output size is a
+plain formula of the input size, which keeps exported graphs (``export.py``) free of shape guards.
 """
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+@torch.no_grad()
+def unshuffle_conv_weight(weight: Tensor, patch: int) -> Tensor:
+    """Weights ``(out, c * p * p, k, k)`` of a convolution applied after pixel-unshuffle by ``p`` ->
+    the equivalent ``(out, c, k * p, k * p)`` kernel of a stride-``p`` convolution on the image."""
+    out, cpp, k, _ = weight.shape
+    w = weight.reshape(out, cpp // patch**2, patch, patch, k, k)  # (out, c, i, j, ky, kx)
+    return w.permute(0, 1, 4, 2, 5, 3).reshape(out, cpp // patch**2, k * patch, k * patch)
+
+
+@torch.no_grad()
+def shuffle_conv_weight(weight: Tensor, patch: int) -> Tensor:
+    """Weights ``(c * p * p, dim, k, k)`` of a convolution followed by pixel-shuffle by ``p`` -> the
+    equivalent ``(dim, c, k * p, k * p)`` kernel of a stride-``p`` transposed convolution."""
+    cpp, dim, k, _ = weight.shape
+    w = weight.reshape(cpp // patch**2, patch, patch, dim, k, k).flip(-2, -1)  # (c, i, j, dim, ky, kx)
+    return w.permute(3, 0, 4, 1, 5, 2).reshape(dim, cpp // patch**2, k * patch, k * patch)
+
+
 class PatchEmbed(nn.Module):
-    """Image ``(B, c, H, W)`` -> features ``(B, dim, H / p, W / p)``: pixel-unshuffle by ``p``
-    then a 3x3 convolution. Working at half resolution keeps every block cheap at 4K."""
+    """Image ``(B, c, H, W)`` -> features ``(B, dim, H / p, W / p)``: pixel-unshuffle by ``p`` then a
+    3x3 convolution, as one ``3p x 3p`` convolution of stride ``p``. Working at half resolution
+    keeps every block cheap at 4K. Initialised as that pair would be (PyTorch's default init)."""
 
     def __init__(self, in_channels: int, dim: int, patch: int = 2) -> None:
         super().__init__()
-        self.unshuffle = nn.PixelUnshuffle(patch)
-        self.proj = nn.Conv2d(in_channels * patch * patch, dim, kernel_size=3, padding=1)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=3 * patch, stride=patch, padding=patch)
+        pair = nn.Conv2d(in_channels * patch**2, dim, kernel_size=3, padding=1)
+        with torch.no_grad():
+            self.proj.weight.copy_(unshuffle_conv_weight(pair.weight, patch))
+            self.proj.bias.copy_(pair.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.unshuffle(x))
+        return self.proj(x)
 
 
 class PatchUnembed(nn.Module):
-    """Features ``(B, dim, h, w)`` -> image residual ``(B, c, h * p, w * p)``: 3x3 convolution to
-    ``c * p * p`` channels then pixel-shuffle (the inverse of :class:`PatchEmbed`)."""
+    """Features ``(B, dim, h, w)`` -> image residual ``(B, c, h * p, w * p)``: a 3x3 convolution to
+    ``c * p * p`` channels then pixel-shuffle, as one ``3p x 3p`` transposed convolution of stride
+    ``p`` (the inverse of :class:`PatchEmbed`). Initialised as that pair would be, except that the
+    bias is shared by the ``p x p`` positions of a patch (their mean)."""
 
     def __init__(self, dim: int, out_channels: int, patch: int = 2) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(dim, out_channels * patch * patch, kernel_size=3, padding=1)
-        self.shuffle = nn.PixelShuffle(patch)
+        self.proj = nn.ConvTranspose2d(dim, out_channels, kernel_size=3 * patch, stride=patch, padding=patch)
+        pair = nn.Conv2d(dim, out_channels * patch**2, kernel_size=3, padding=1)
+        with torch.no_grad():
+            self.proj.weight.copy_(shuffle_conv_weight(pair.weight, patch))
+            self.proj.bias.copy_(pair.bias.view(out_channels, -1).mean(1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.shuffle(self.proj(x))
+        return self.proj(x)
 
 
 class Downsample(nn.Module):
-    """``(B, C, H, W) -> (B, out, H / 2, W / 2)``: pixel-unshuffle then a 1x1 convolution."""
+    """``(B, C, H, W) -> (B, out, H / 2, W / 2)``: 2x2 convolution of stride 2 (the same map and
+    default initialisation as pixel-unshuffle then a 1x1 convolution)."""
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(dim * 4, out_dim, kernel_size=1))
+        self.body = nn.Conv2d(dim, out_dim, kernel_size=2, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
 
 
 class Upsample(nn.Module):
-    """``(B, C, H, W) -> (B, out, 2H, 2W)``: a 1x1 convolution then pixel-shuffle."""
+    """``(B, C, H, W) -> (B, out, 2H, 2W)``: 2x2 transposed convolution of stride 2, the map of a 1x1
+    convolution then pixel-shuffle, and initialised as that pair would be (bias shared per patch)."""
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(dim, out_dim * 4, kernel_size=1), nn.PixelShuffle(2))
+        self.body = nn.ConvTranspose2d(dim, out_dim, kernel_size=2, stride=2)
+        pair = nn.Conv2d(dim, out_dim * 4, kernel_size=1)
+        with torch.no_grad():
+            self.body.weight.copy_(shuffle_conv_weight(pair.weight, 2))
+            self.body.bias.copy_(pair.bias.view(out_dim, -1).mean(1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
@@ -59,14 +103,13 @@ class Upsample(nn.Module):
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     """Pad ``(B, C, H, W)`` on the bottom/right to a multiple of ``multiple``.
 
-    Replicate padding works for every size, including 1x1 where reflect padding fails.
+    Replicate padding works for every size, including 1x1 where reflect padding fails. The pad is
+    applied even when it is zero (a cheap copy of the input): no branch on the size, so an exported
+    graph (``export.py``, symbolic height and width) pads correctly for every size.
     Returns the padded tensor and the original ``(H, W)`` for :func:`crop_to`.
     """
     h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x, (h, w)
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate"), (h, w)
 
 
 def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:

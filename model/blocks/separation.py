@@ -56,12 +56,16 @@ class Separation(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x (B, C, H, W)`` -> ``(illumination, reflectance)``, both ``(B, C, H, W)`` and positive."""
-        log_i = torch.log(x.float().clamp_min(0) + self.eps)  # (B, C, H, W)
-        k = self.kernel().to(log_i.dtype)
-        r = self.kernel_size // 2
-        c = self.channels
-        # Separable blur: rows then columns, replicate padding so any size (1x1 too) works.
-        log_l = F.conv2d(F.pad(log_i, (r, r, 0, 0), mode="replicate"), k.view(c, 1, 1, -1), groups=c)
-        log_l = F.conv2d(F.pad(log_l, (0, 0, r, r), mode="replicate"), k.view(c, 1, -1, 1), groups=c)
-        log_r = log_i - log_l
+        # fp32 and plain (NCHW) layout whatever the caller uses: logarithms need the precision, and
+        # a 3-channel depth-wise convolution has no fast channels-last or bf16 kernel on CPUs
+        # (under bf16 autocast it took minutes for a 32x32 image).
+        with torch.autocast(x.device.type, enabled=False):
+            log_i = torch.log(x.float().contiguous().clamp_min(0) + self.eps)  # (B, C, H, W)
+            k = self.kernel().float()
+            r = self.kernel_size // 2
+            c = self.channels
+            # Separable blur: rows then columns, replicate padding so any size (1x1 too) works.
+            log_l = F.conv2d(F.pad(log_i, (r, r, 0, 0), mode="replicate"), k.view(c, 1, 1, -1), groups=c)
+            log_l = F.conv2d(F.pad(log_l, (0, 0, r, r), mode="replicate"), k.view(c, 1, -1, 1), groups=c)
+            log_r = log_i - log_l
         return log_l.exp().to(x.dtype), log_r.exp().to(x.dtype)
