@@ -9,9 +9,11 @@
    the input image.
 
 All attention is channel attention (:mod:`model.blocks.attention`), so cost is linear in the
-number of pixels. Features live at half resolution (patch embedding by pixel-unshuffle) and the
+number of pixels. Features live at half resolution (a patch embedding equal to pixel-unshuffle + conv) and the
 U-Net halves the resolution ``num_resolution - 1`` more times, so inputs are padded (replicate) to
 a multiple of ``2 ** num_resolution`` inside :meth:`Enhancer.forward` and cropped back.
+Feature maps are channels-last inside (the input is converted once, the output returned as an
+ordinary contiguous tensor); see :mod:`model.blocks.attention` for why.
 """
 
 import torch
