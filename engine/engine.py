@@ -89,15 +89,21 @@ class LightningEngine:
         )
         return cls(**{**{n: getattr(hp, n) for n in names if hasattr(hp, n)}, **overrides})
 
-    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+    def compiled(self, module: torch.nn.Module, training: bool = False) -> torch.nn.Module:
         """With ``compile``, wrap the module's enhancer (``module.model``, or the module itself) in
         ``torch.compile`` in place (``nn.Module.compile``: parameter names and checkpoints are
-        unchanged). Sizes: the first compiles a static graph; the first different size recompiles
-        once with symbolic height and width (dynamo's automatic dynamic shapes), which later sizes
-        reuse."""
+        unchanged).
+
+        valid/bench/infer: the first size compiles a static graph, the next one recompiles with
+        symbolic height and width (dynamo's automatic dynamic shapes), which later sizes reuse.
+        Training (``training``) compiles static shapes: crops have one size, and in torch 2.14.1
+        inductor fails on the backward of this network with symbolic sizes ("cannot determine truth
+        value of Relational"). Validation during training then compiles one graph per image size, up
+        to dynamo's cache limit (8), beyond which new sizes run eagerly.
+        """
         target = getattr(module, "model", module)
         if self.compile and getattr(target, "_compiled_call_impl", None) is None:
-            target.compile()
+            target.compile(dynamic=False if training else None)
         return module
 
     def trainer(
@@ -154,7 +160,7 @@ class LightningEngine:
         trainer: L.Trainer,
         ckpt_path: str | None = None,
     ) -> None:
-        trainer.fit(self.compiled(module), datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(self.compiled(module, training=True), datamodule=datamodule, ckpt_path=ckpt_path)
 
     def valid(self, module: L.LightningModule, datamodule: L.LightningDataModule) -> list[dict[str, float]]:
         return self.trainer([], logger=False).validate(
