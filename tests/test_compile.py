@@ -59,7 +59,7 @@ def test_compiled_training_step_matches_eager():
 def test_compiled_inference_matches_eager_and_new_sizes_reuse_the_dynamic_graphs():
     """The first size compiles a static graph; the next sizes compile at most two graphs with
     symbolic height and width (a layout check branches on whether the padding to the network's
-    stride is zero), and every later size (up to 4K) reuses them. Below about 256x256,
+    stride is zero), and every later size (measured up to 1080p) reuses them. Below about 256x256,
     convolution-backend size thresholds can add a graph or two more (measured)."""
     compiled, eager = small_pair()
     compiled.eval(), eager.eval()
