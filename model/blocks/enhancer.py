@@ -24,6 +24,11 @@ from model.blocks.sampling import Downsample, PatchEmbed, PatchUnembed, Upsample
 from model.blocks.separation import Separation
 
 
+def channels_last(x: Tensor) -> Tensor:
+    """The layout every block below works in (a copy only when ``x`` is not channels-last yet)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class Encoder(nn.Module):
     """Illumination and reflectance maps ``(B, c, H, W)`` -> context map ``(B, D, H / 2, W / 2)``."""
 
@@ -130,9 +135,10 @@ class Enhancer(nn.Module):
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the
         illumination and reflectance maps (same shape) for inspection."""
-        padded, size = pad_to_multiple(x.contiguous(memory_format=torch.channels_last), self.stride)
-        illumination, reflectance = self.separation(padded)
-        out = crop_to(self.decoder(padded, self.encoder(illumination, reflectance)), size).contiguous()
+        padded, size = pad_to_multiple(x, self.stride)
+        illumination, reflectance = self.separation(padded)  # fp32, NCHW whatever the input layout
+        context = self.encoder(channels_last(illumination), channels_last(reflectance))
+        out = crop_to(self.decoder(channels_last(padded), context), size).contiguous()
         if return_maps:
             return out, crop_to(illumination, size), crop_to(reflectance, size)
         return out
