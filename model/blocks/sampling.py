@@ -37,6 +37,17 @@ def shuffle_conv_weight(weight: Tensor, patch: int) -> Tensor:
     return w.permute(3, 0, 4, 1, 5, 2).reshape(dim, cpp // patch**2, k * patch, k * patch)
 
 
+@torch.no_grad()
+def init_as_shuffle_pair_(conv: nn.ConvTranspose2d, kernel: int, patch: int) -> None:
+    """Initialise a stride-``patch`` transposed convolution as a default-initialised ``kernel x
+    kernel`` convolution followed by pixel-shuffle would be; its bias, which the transposed
+    convolution shares across the ``p x p`` positions of a patch, is their mean."""
+    dim, out = conv.weight.shape[:2]
+    pair = nn.Conv2d(dim, out * patch**2, kernel_size=kernel, padding=kernel // 2)
+    conv.weight.copy_(shuffle_conv_weight(pair.weight, patch))
+    conv.bias.copy_(pair.bias.view(out, -1).mean(1))
+
+
 class PatchEmbed(nn.Module):
     """Image ``(B, c, H, W)`` -> features ``(B, dim, H / p, W / p)``: pixel-unshuffle by ``p`` then a
     3x3 convolution, as one ``3p x 3p`` convolution of stride ``p``. Working at half resolution
@@ -63,10 +74,7 @@ class PatchUnembed(nn.Module):
     def __init__(self, dim: int, out_channels: int, patch: int = 2) -> None:
         super().__init__()
         self.proj = nn.ConvTranspose2d(dim, out_channels, kernel_size=3 * patch, stride=patch, padding=patch)
-        pair = nn.Conv2d(dim, out_channels * patch**2, kernel_size=3, padding=1)
-        with torch.no_grad():
-            self.proj.weight.copy_(shuffle_conv_weight(pair.weight, patch))
-            self.proj.bias.copy_(pair.bias.view(out_channels, -1).mean(1))
+        init_as_shuffle_pair_(self.proj, kernel=3, patch=patch)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
@@ -91,10 +99,7 @@ class Upsample(nn.Module):
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
         self.body = nn.ConvTranspose2d(dim, out_dim, kernel_size=2, stride=2)
-        pair = nn.Conv2d(dim, out_dim * 4, kernel_size=1)
-        with torch.no_grad():
-            self.body.weight.copy_(shuffle_conv_weight(pair.weight, 2))
-            self.body.bias.copy_(pair.bias.view(out_dim, -1).mean(1))
+        init_as_shuffle_pair_(self.body, kernel=1, patch=2)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
