@@ -107,16 +107,25 @@ def test_quality_runs_end_to_end(tmp_path):
         holdout_max_side=48,
         embed_dim=8,
         num_heads=1,
+        seeds=[0, 3],
         output=str(out),
     )
     results = quality_main(hp)
     saved = json.loads(out.read_text())
     assert saved["target"] == results["target"]
+    assert [run["seed"] for run in saved["runs"]] == [0, 3]
     for name in ("illrecnet", "yardstick"):
         entry = saved["models"][name]
         assert entry["train_s"] > 0 and 0 < entry["ssim"] <= 1 and entry["psnr"] > 0
-        assert len(entry["per_image"]) == 8
+        assert entry["psnr"] == pytest.approx(sum(entry["psnr_per_seed"]) / 2)
+        for run in saved["runs"]:
+            assert len(run["models"][name]["per_image"]) == 8
+    # the two seeds draw different held-out pairs and initialisations
+    assert saved["runs"][0]["dark_input"]["psnr"] != saved["runs"][1]["dark_input"]["psnr"]
+    assert entry["psnr_per_seed"][0] != entry["psnr_per_seed"][1]
     assert saved["recipe"]["steps"] == 3 and saved["train_photos"] == 10
+    with pytest.raises(ValueError, match="seeds"):
+        QualityHparams(seeds=[1, 1])
 
 
 def test_quality_cli_help():

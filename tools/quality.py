@@ -1,7 +1,7 @@
 """Quality per training step: IllRecNet and the yardstick U-Net trained with one fixed recipe.
 
 ``python -m tools.quality`` trains both models from the same seed on the same stream of batches and
-scores them on the same held-out pairs:
+scores them on the same held-out pairs, once per seed of ``--seeds`` (scores are means over seeds):
 
 - **Training data.** Normal-light photos under ``--train_dir`` (default: Kodak24 + McMaster),
   loaded once. Every sample is a random ``image_size`` crop with random horizontal/vertical flips,
@@ -61,8 +61,10 @@ class QualityHparams(ModelHparams):
     """Side of the random training crop, in pixels."""
     lr: float = 2e-4
     """Peak AdamW learning rate (cosine decay to 0)."""
-    seed: int = 0
-    """Seed of initialisation, crops, flips, synthesis and the held-out pairs."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """One run per seed (initialisation, crops, flips, synthesis and the held-out pairs); the scores
+    and the target use the mean over the seeds. One initialisation draw moves a model by about 1 dB,
+    so rank variants over several seeds."""
     holdout_max_side: int = 512
     """Held-out photos are shrunk (area filter) so the long side is at most this."""
     threads: int = 2
@@ -79,8 +81,10 @@ class QualityHparams(ModelHparams):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size < 8 or self.holdout_max_side < 16:
             raise ValueError("image_size must be >= 8 and holdout_max_side >= 16")
-        if self.lr <= 0 or self.seed < 0:
-            raise ValueError(f"lr must be > 0 and seed >= 0, got {self.lr}, {self.seed}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.seeds or min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct numbers >= 0, got {self.seeds}")
         unknown = sorted(set(self.models) - {"illrecnet", "yardstick"})
         if unknown or not self.models:
             raise ValueError(
@@ -210,25 +214,28 @@ def evaluate(model: nn.Module | None, pairs: list[tuple[str, Tensor, Tensor]]) -
 
 
 def markdown(results: dict) -> str:
+    seeds = results["recipe"]["seeds"]
     rows = [
-        "| model | params (M) | held-out PSNR (dB) | held-out SSIM | PSNR GT-mean (dB) | training time (s) "
-        "| s/step |",
-        "|---|---|---|---|---|---|---|",
+        "| model | params (M) | held-out PSNR (dB) | held-out SSIM | PSNR GT-mean (dB) | PSNR per seed "
+        "| training time (s) | s/step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
+        per_seed = " / ".join(f"{v:.2f}" for v in r["psnr_per_seed"])
         rows.append(
             f"| {name} | {r['params'] / 1e6:.3f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-            f"{r['psnr_gtmean']:.2f} | {r['train_s']:.0f} | {r['s_per_step']:.3f} |"
+            f"{r['psnr_gtmean']:.2f} | {per_seed} | {r['train_s']:.0f} | {r['s_per_step']:.3f} |"
         )
     base = results["dark_input"]
-    rows.append(f"| (dark input, no model) | | {base['psnr']:.2f} | {base['ssim']:.4f} | | | |")
+    rows.append(f"| (dark input, no model) | | {base['psnr']:.2f} | {base['ssim']:.4f} | | | | |")
     recipe = results["recipe"]
+    pairs = len(results["runs"][0]["dark_input"]["per_image"])
     head = (
         f"Quality after {recipe['steps']} steps (L1, AdamW lr {recipe['lr']:g} cosine, batch "
-        f"{recipe['batch_size']}, {recipe['image_size']}px crops, fp32, {recipe['threads']} threads); "
-        f"held-out: {len(results['dark_input']['per_image'])} synthetic pairs from skimage photos, "
+        f"{recipe['batch_size']}, {recipe['image_size']}px crops, fp32, {recipe['threads']} threads), "
+        f"mean over seeds {seeds}; held-out: {pairs} synthetic pairs per seed from skimage photos, "
         "RGB PSNR/SSIM on 8-bit outputs; PSNR GT-mean: the output first scaled by mean(target)/mean(output), "
-        "i.e. without the global brightness error"
+        "i.e. without the global brightness error; training time: mean per seed"
     )
     text = head + "\n\n" + "\n".join(rows) + "\n"
     if "target" in results:
@@ -240,6 +247,38 @@ def markdown(results: dict) -> str:
     return text
 
 
+def run_seed(hp: QualityHparams, photos: list[np.ndarray], seed: int) -> dict:
+    """Train and score every model of ``hp.models`` from ``seed``; same batches for each model."""
+    pairs = holdout_pairs(seed, hp.holdout_max_side)
+    run: dict = {"seed": seed, "dark_input": evaluate(None, pairs), "models": {}}
+    for name in hp.models:
+        torch.manual_seed(seed)
+        model = build_model(name, hp)
+        data = SyntheticPairs(photos, hp.image_size, hp.batch_size, seed)
+        print(f"training {name} (seed {seed}) ...", file=sys.stderr)
+        stats = train(model, data, hp.steps, hp.lr)
+        run["models"][name] = {"params": sum(p.numel() for p in model.parameters()), **stats}
+        run["models"][name] |= evaluate(model, pairs)
+    return run
+
+
+def summarize(runs: list[dict], models: list[str]) -> tuple[dict, dict]:
+    """Means over the seeds: ``(dark_input, models)``; each model also keeps its per-seed PSNR/SSIM."""
+    mean = lambda entries, key: float(np.mean([e[key] for e in entries]))  # noqa: E731
+    dark = [run["dark_input"] for run in runs]
+    dark_input = {key: mean(dark, key) for key in ("psnr", "ssim", "psnr_gtmean")}
+    summary = {}
+    for name in models:
+        entries = [run["models"][name] for run in runs]
+        summary[name] = {
+            "params": entries[0]["params"],
+            **{key: mean(entries, key) for key in ("psnr", "ssim", "psnr_gtmean", "train_s", "s_per_step")},
+            "psnr_per_seed": [e["psnr"] for e in entries],
+            "ssim_per_seed": [e["ssim"] for e in entries],
+        }
+    return dark_input, summary
+
+
 def get_hparams() -> QualityHparams:
     return QualityHparams()
 
@@ -247,24 +286,18 @@ def get_hparams() -> QualityHparams:
 def main(hp: QualityHparams) -> dict:
     torch.set_num_threads(hp.threads)
     photos = load_photos(hp.train_dir)
-    pairs = holdout_pairs(hp.seed, hp.holdout_max_side)
+    runs = [run_seed(hp, photos, seed) for seed in hp.seeds]
+    dark_input, models = summarize(runs, hp.models)
     results: dict = {
         "recipe": asdict(hp)
         | {"loss": "L1", "optimizer": "AdamW(weight_decay=1e-4, fused=True)", "schedule": "cosine"},
         "train_photos": len(photos),
-        "dark_input": evaluate(None, pairs),
-        "models": {},
+        "dark_input": dark_input,
+        "models": models,
+        "runs": runs,
     }
-    for name in hp.models:
-        torch.manual_seed(hp.seed)
-        model = build_model(name, hp)
-        data = SyntheticPairs(photos, hp.image_size, hp.batch_size, hp.seed)  # same stream for each model
-        print(f"training {name} ...", file=sys.stderr)
-        stats = train(model, data, hp.steps, hp.lr)
-        results["models"][name] = {"params": sum(p.numel() for p in model.parameters()), **stats}
-        results["models"][name] |= evaluate(model, pairs)
-    if {"illrecnet", "yardstick"} <= set(results["models"]):
-        ill, yard = results["models"]["illrecnet"], results["models"]["yardstick"]
+    if {"illrecnet", "yardstick"} <= set(models):
+        ill, yard = models["illrecnet"], models["yardstick"]
         gain, ssim_gain = ill["psnr"] - yard["psnr"], ill["ssim"] - yard["ssim"]
         results["target"] = {
             "psnr_gain_db": gain,
