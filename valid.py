@@ -1,7 +1,9 @@
 """Validate a trained IllRecNet checkpoint on a validation split.
 
 The architecture comes from the checkpoint alone. Prints the losses, PSNR and SSIM and writes them
-to ``<log_dir>/<experiment_name>/version_<N>/valid.json``.
+to ``<log_dir>/<experiment_name>/version_<N>/valid.json``. With several devices (``--devices 2
+--strategy ddp``) every image is scored on exactly one rank and the means are summed across ranks,
+so the numbers equal a single-device run; rank 0 writes the one report.
 """
 
 import json
@@ -36,6 +38,8 @@ def get_hparams() -> ValidHparams:
 def main(hp: ValidHparams) -> None:
     from pathlib import Path
 
+    from lightning.pytorch.utilities import rank_zero_only
+
     from data.dataloader import LowLightDataModule
     from engine.engine import LightningEngine
     from engine.runner import new_run_dir
@@ -45,7 +49,9 @@ def main(hp: ValidHparams) -> None:
     engine = LightningEngine.from_hparams(hp)
     module = load_checkpoint(hp.checkpoint_path)
     datamodule = LowLightDataModule(valid_data_path=hp.valid_data_path, num_workers=hp.num_workers)
-    metrics = engine.valid(module, datamodule)[0]
+    metrics = engine.valid(module, datamodule)[0]  # synced: the same on every rank
+    if rank_zero_only.rank != 0:
+        return  # one report, written by rank 0
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
     report = {
         "checkpoint_path": hp.checkpoint_path,

@@ -16,6 +16,10 @@ Batch format (a dict, collated by the default collate function):
 Train batches are random ``image_size`` crops with shared flips and 90-degree rotations; images
 smaller than the crop are edge-padded (replicate) first. Valid, bench and infer batches hold one
 whole image each (``batch_size=1``: the images differ in size), in sub-dataset then file order.
+
+Under several processes (DDP) the validation split is sharded without repeats: each image goes to
+exactly one rank (Lightning's default distributed sampler would pad the split with repeated images
+to equal shard sizes, and count them twice in the synced metrics).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -173,11 +178,14 @@ class LowLightDataModule(L.LightningDataModule):
         else:
             raise ValueError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -189,7 +197,23 @@ class LowLightDataModule(L.LightningDataModule):
         return self._loader(PairedImageDataset(pairs, self.image_size, augment=True), self.batch_size, True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(PairedImageDataset(_flatten(self.valid_pairs, "validate")), 1, False)
+        dataset = PairedImageDataset(_flatten(self.valid_pairs, "validate"))
+        return self._loader(dataset, 1, False, sampler=self._unrepeated_sampler(dataset))
+
+    def _unrepeated_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """With several processes: every image on exactly one rank (shards differ by at most one
+        image; Lightning keeps a given DistributedSampler). None in a single process."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        if len(dataset) < trainer.world_size:
+            raise DataError(
+                f"{self.valid_data_path}: {len(dataset)} validation pair(s) for {trainer.world_size} "
+                "processes; each process needs at least one (use fewer devices or more validation pairs)"
+            )
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(PairedImageDataset(_flatten(self.bench_pairs, "test")), 1, False)

@@ -19,13 +19,17 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
 from model.blocks.enhancer import Enhancer
 from model.loss import MaeMseLoss
 from utils.metrics import psnr, quantize_8bit, ssim
+
+VALID_KEYS = ("1_mae", "2_mse", "3_total", "psnr", "ssim")
+"""Validation values, logged as ``valid/<key>``: the mean over the whole split."""
 
 log = logging.getLogger("illrecnet")
 
@@ -77,6 +81,9 @@ class LowLightEnhancerLightning(L.LightningModule):
             dropout_ratio=dropout_ratio,
         )
         self.loss = MaeMseLoss(mae_weight, mse_weight)
+        # Per-image means accumulated as (sum, count) and summed across ranks at the epoch end, so
+        # DDP shards of unequal size still give the exact mean over the split.
+        self.valid_means = nn.ModuleDict({key: MeanMetric(nan_strategy="disable") for key in VALID_KEYS})
         self._log_images: list[tuple[str, Tensor]] = []
         self._batch_names: list[str] = []
         self._skip_step = False
@@ -155,16 +162,20 @@ class LowLightEnhancerLightning(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         low, high = batch["low"], batch["high"]
         pred, illumination, reflectance = self.model(low, return_maps=True)
-        self._log_losses("valid", self.loss(pred, high), low.shape[0], on_step=False)
+        losses = self.loss(pred, high)
         pred8 = quantize_8bit(pred.float())
-        self.log(
-            "valid/psnr",
-            psnr(pred8, high.float()).mean(),
-            batch_size=low.shape[0],
-            sync_dist=True,
-            prog_bar=True,
-        )
-        self.log("valid/ssim", ssim(pred8, high.float()).mean(), batch_size=low.shape[0], sync_dist=True)
+        values = {
+            "1_mae": losses["mae"],
+            "2_mse": losses["mse"],
+            "3_total": losses["total"],
+            "psnr": psnr(pred8, high.float()).mean(),
+            "ssim": ssim(pred8, high.float()).mean(),
+        }
+        for key, value in values.items():
+            metric = self.valid_means[key]
+            metric.update(value.detach().float(), weight=low.shape[0])
+            bar = key in ("3_total", "psnr")
+            self.log(f"valid/{key}", metric, on_step=False, on_epoch=True, prog_bar=bar)
         if batch_idx < self.hparams.num_log_images:
             name = batch["name"][0] if "name" in batch else str(batch_idx)
             tiles = [low[0], pred8[0], high[0], illumination[0], reflectance[0] / (1 + reflectance[0])]

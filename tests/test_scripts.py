@@ -453,3 +453,26 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert np.isfinite(result["valid_psnr"]) and result["global_step"] == 3
     hparams = torch.load(tmp_path / "bf16/version_0/frozen/checkpoints/last.ckpt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in hparams["state_dict"].values() if v.is_floating_point())
+
+
+def test_ddp_validation_counts_every_image_once(trained, tmp_path):
+    """Three validation pairs on two ranks: the synced means equal one device's (a padded sampler
+    would score one image twice), and rank 0 alone writes the report."""
+    ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
+    split = tmp_path / "valid3" / "Mixed"
+    for part in ("low", "high"):
+        (split / part).mkdir(parents=True)
+        for source in ("2_valid", "3_bench"):
+            for path in sorted((SAMPLE / source / "SkimageSynth" / part).iterdir()):
+                shutil.copy(path, split / part / path.name)
+        (split / part / "rocket_1.png").unlink()  # 3 pairs: chelsea_0, chelsea_1, rocket_0
+    common = ["--checkpoint_path", str(ckpt), "--valid_data_path", str(tmp_path / "valid3"),
+              "--accelerator", "cpu", "--num_workers", "0"]  # fmt: skip
+    run("valid.py", *common, "--devices", "1", "--log_dir", str(tmp_path / "one"))
+    run("valid.py", *common, "--devices", "2", "--strategy", "ddp", "--log_dir", str(tmp_path / "two"))
+    one = json.loads(next((tmp_path / "one").glob("*/version_0/valid.json")).read_text())
+    reports = list((tmp_path / "two").glob("*/version_*/valid.json"))
+    assert len(reports) == 1
+    two = json.loads(reports[0].read_text())
+    for key in ("valid/psnr", "valid/ssim", "valid/3_total"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
