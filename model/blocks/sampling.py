@@ -66,7 +66,7 @@ class PatchEmbed(nn.Module):
 
 
 class PatchUnembed(nn.Module):
-    """Features ``(B, dim, h, w)`` -> image residual ``(B, c, h * p, w * p)``: a 3x3 convolution to
+    """Features ``(B, dim, h, w)`` -> full-resolution map ``(B, c, h * p, w * p)``: a 3x3 convolution to
     ``c * p * p`` channels then pixel-shuffle, as one ``3p x 3p`` transposed convolution of stride
     ``p`` (the inverse of :class:`PatchEmbed`). Initialised as that pair would be, except that the
     bias is shared by the ``p x p`` positions of a patch (their mean)."""
