@@ -11,12 +11,12 @@ them to TensorBoard. Sub-datasets with only ``low/`` get the no-reference metric
 import sys
 from dataclasses import dataclass, field
 
-from utils.hparams import RuntimeHparams, check_all_groups
+from utils.hparams import RuntimeHparams, TileHparams, check_all_groups
 from utils.utils import parse_hparams, run_main
 
 
 @dataclass
-class BenchHparams(RuntimeHparams):
+class BenchHparams(TileHparams, RuntimeHparams):
     """Benchmark a checkpoint."""
 
     checkpoint_path: str = ""
@@ -31,12 +31,6 @@ class BenchHparams(RuntimeHparams):
     """Average the outputs of the 8 flips/rotations of each image."""
     save_images: bool = False
     """Write low | enhanced | high comparison strips (PNG) for every image."""
-    tile: int | None = None
-    """Enhance in tiles of this side (default: whole images, tiles only when too large for memory)."""
-    tile_overlap: int = 32
-    """Overlap between tiles, in pixels."""
-    max_pixels: int = 2_100_000
-    """Images with more pixels than this are enhanced in tiles (memory bound); out-of-memory also tiles."""
     log_dir: str = "runs/bench"
     """Root folder of bench results."""
 
@@ -47,12 +41,6 @@ class BenchHparams(RuntimeHparams):
         unknown = sorted({m.upper() for m in self.metrics} - set(METRICS))
         if unknown or not self.metrics:
             raise ValueError(f"--metrics must be a non-empty subset of {list(METRICS)}, got {self.metrics}")
-        if self.tile is not None and self.tile < 16:
-            raise ValueError(f"--tile must be >= 16, got {self.tile}")
-        if self.tile_overlap < 0:
-            raise ValueError(f"--tile_overlap must be >= 0, got {self.tile_overlap}")
-        if self.max_pixels < 256 * 256:
-            raise ValueError(f"--max_pixels must be >= 65536, got {self.max_pixels}")
 
 
 def get_hparams() -> BenchHparams:

@@ -10,12 +10,12 @@ no output and do not stop the others; the exit status is non-zero if any image f
 import sys
 from dataclasses import dataclass
 
-from utils.hparams import RuntimeHparams, check_all_groups
+from utils.hparams import RuntimeHparams, TileHparams, check_all_groups
 from utils.utils import parse_hparams, run_main
 
 
 @dataclass
-class InferHparams(RuntimeHparams):
+class InferHparams(TileHparams, RuntimeHparams):
     """Enhance images with a checkpoint."""
 
     checkpoint_path: str = ""
@@ -28,23 +28,11 @@ class InferHparams(RuntimeHparams):
     """Redo images that already have an output."""
     self_ensemble: bool = False
     """Average the outputs of the 8 flips/rotations of each image."""
-    tile: int | None = None
-    """Enhance in tiles of this side (default: whole images, tiles only when too large for memory)."""
-    tile_overlap: int = 32
-    """Overlap between tiles, in pixels."""
-    max_pixels: int = 2_100_000
-    """Images with more pixels than this are enhanced in tiles (memory bound); out-of-memory also tiles."""
     log_dir: str = "runs"
     """Outputs go to <log_dir>/<experiment_name>/inference/."""
 
     def __post_init__(self) -> None:
         check_all_groups(self)
-        if self.tile is not None and self.tile < 16:
-            raise ValueError(f"--tile must be >= 16, got {self.tile}")
-        if self.tile_overlap < 0:
-            raise ValueError(f"--tile_overlap must be >= 0, got {self.tile_overlap}")
-        if self.max_pixels < 256 * 256:
-            raise ValueError(f"--max_pixels must be >= 65536, got {self.max_pixels}")
 
 
 def get_hparams() -> InferHparams:

@@ -154,3 +154,22 @@ def test_bad_arguments() -> None:
         enhance_tiled(torch.nn.Identity(), image(10, 10), tile=8, overlap=8)
     with pytest.raises(ValueError, match="shape"):
         enhance_tiled(lambda t: t[..., :-1], image(10, 10), tile=8, overlap=2)
+
+
+@pytest.mark.parametrize("script", ["bench", "infer"])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("tile", 8, "--tile must be >= 16"),
+        ("tile_overlap", -1, "--tile_overlap must be >= 0"),
+        ("max_pixels", 10, "--max_pixels must be >= 65536"),
+    ],
+)
+def test_tile_flags_are_checked_for_bench_and_infer(script, field, value, message):
+    """bench.py and infer.py share one group of tile flags, with the same checks."""
+    import importlib
+
+    hparams = importlib.import_module(script).get_hparams()
+    assert (hparams.tile, hparams.tile_overlap, hparams.max_pixels) == (None, 32, 2_100_000)
+    with pytest.raises(ValueError, match=message):
+        type(hparams)(**{field: value})

@@ -172,6 +172,23 @@ class TrainLoopHparams:
         _check(self.num_log_images >= 0, "num_log_images must be >= 0")
 
 
+@dataclass
+class TileHparams:
+    """How bench.py and infer.py split large images (see :func:`utils.tiling.enhance_image`)."""
+
+    tile: int | None = None
+    """Enhance in tiles of this side (default: whole images, tiles only when too large for memory)."""
+    tile_overlap: int = 32
+    """Overlap between tiles, in pixels."""
+    max_pixels: int = 2_100_000
+    """Images with more pixels than this are enhanced in tiles (memory bound); out-of-memory also tiles."""
+
+    def __post_init__(self) -> None:
+        _check(self.tile is None or self.tile >= 16, f"--tile must be >= 16, got {self.tile}")
+        _check(self.tile_overlap >= 0, f"--tile_overlap must be >= 0, got {self.tile_overlap}")
+        _check(self.max_pixels >= 256 * 256, f"--max_pixels must be >= 65536, got {self.max_pixels}")
+
+
 def field_values(obj: object, group: type) -> dict:
     """The values of ``obj`` for the fields declared by dataclass ``group`` (plain values only)."""
     return {f.name: getattr(obj, f.name) for f in fields(group)}
