@@ -38,11 +38,9 @@ def get_hparams() -> ValidHparams:
 def main(hp: ValidHparams) -> None:
     from pathlib import Path
 
-    from lightning.pytorch.utilities import rank_zero_only
-
     from data.dataloader import LowLightDataModule
     from engine.engine import LightningEngine
-    from engine.runner import new_run_dir
+    from engine.runner import is_rank_zero, new_run_dir
     from model.model import load_checkpoint
     from utils.utils import atomic_write_text
 
@@ -50,7 +48,7 @@ def main(hp: ValidHparams) -> None:
     module = load_checkpoint(hp.checkpoint_path)
     datamodule = LowLightDataModule(valid_data_path=hp.valid_data_path, num_workers=hp.num_workers)
     metrics = engine.valid(module, datamodule)[0]  # synced: the same on every rank
-    if rank_zero_only.rank != 0:
+    if not is_rank_zero():
         return  # one report, written by rank 0
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
     report = {

@@ -104,7 +104,7 @@ class LowLightEnhancerLightning(L.LightningModule):
             # part in the gradient all-reduce) and on_before_optimizer_step drops the gradients.
             self._non_finite(f"training loss ({losses['total'].item()})")
         else:
-            self._log_losses("train", losses, batch["low"].shape[0], on_step=True)
+            self._log_train_losses(losses, batch["low"].shape[0])
         return losses["total"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -146,16 +146,16 @@ class LowLightEnhancerLightning(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_nonfinite = int(checkpoint.get("skipped_nonfinite", 0))
 
-    def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int, on_step: bool) -> None:
+    def _log_train_losses(self, losses: dict[str, Tensor], batch_size: int) -> None:
+        """Per step and per epoch (rank-local; validation values are the synced ones)."""
         for i, key in enumerate(("mae", "mse", "total"), start=1):
             self.log(
-                f"{stage}/{i}_{key}",
+                f"train/{i}_{key}",
                 losses[key],
-                on_step=on_step,
+                on_step=True,
                 on_epoch=True,
                 batch_size=batch_size,
                 prog_bar=key == "total",
-                sync_dist=not on_step,
             )
 
     # --------------------------------------------------------------------------------- validation

@@ -43,6 +43,9 @@ from utils.utils import atomic_write_text, parse_hparams
 PSNR_MARGIN_DB = 3.8
 """IllRecNet should end at least this many dB above the yardstick (and with a higher SSIM)."""
 
+SCORES = ("psnr", "ssim", "psnr_gtmean")
+"""Per-image scores, averaged over the held-out pairs and then over the seeds."""
+
 HOLDOUT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 """scikit-image photographs (public domain / CC0) used as held-out references."""
 
@@ -207,9 +210,7 @@ def evaluate(model: nn.Module | None, pairs: list[tuple[str, Tensor, Tensor]]) -
             "ssim": float(ssim(out, high)),
             "psnr_gtmean": float(psnr(rescaled, high)),
         }
-    means = {
-        key: float(np.mean([v[key] for v in per_image.values()])) for key in ("psnr", "ssim", "psnr_gtmean")
-    }
+    means = {key: float(np.mean([v[key] for v in per_image.values()])) for key in SCORES}
     return {**means, "per_image": per_image}
 
 
@@ -266,13 +267,13 @@ def summarize(runs: list[dict], models: list[str]) -> tuple[dict, dict]:
     """Means over the seeds: ``(dark_input, models)``; each model also keeps its per-seed PSNR/SSIM."""
     mean = lambda entries, key: float(np.mean([e[key] for e in entries]))  # noqa: E731
     dark = [run["dark_input"] for run in runs]
-    dark_input = {key: mean(dark, key) for key in ("psnr", "ssim", "psnr_gtmean")}
+    dark_input = {key: mean(dark, key) for key in SCORES}
     summary = {}
     for name in models:
         entries = [run["models"][name] for run in runs]
         summary[name] = {
             "params": entries[0]["params"],
-            **{key: mean(entries, key) for key in ("psnr", "ssim", "psnr_gtmean", "train_s", "s_per_step")},
+            **{key: mean(entries, key) for key in (*SCORES, "train_s", "s_per_step")},
             "psnr_per_seed": [e["psnr"] for e in entries],
             "ssim_per_seed": [e["ssim"] for e in entries],
         }
