@@ -12,6 +12,8 @@ import json
 import math
 import platform
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.utils import DataError, ImagePair, list_images, load_image, scan_split, validate_split
+from model.blocks.attention import ChannelAttention, fixed_attention, record_attention
 from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer, quantize_8bit
 from utils.tiling import enhance_image, is_out_of_memory
 from utils.utils import atomic_write_bytes, atomic_write_text, log
@@ -46,6 +49,7 @@ class Enhance:
         self.device = device
         self.self_ensemble = self_ensemble
         self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        self._shared: list[dict] | None = None  # per view: {attention layer: matrix}, while tiling
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,16 +60,51 @@ class Enhance:
             enabled=self.autocast_dtype is not None,
         ):
             if not self.self_ensemble:
-                return self.model(x).float()
+                return self._model(x, 0)
             out = torch.zeros_like(x)
             for k in range(4):
                 for flip in (False, True):
                     t = torch.rot90(x, k, dims=(-2, -1))
                     t = t.flip(-1) if flip else t
-                    y = self.model(t).float()
+                    y = self._model(t, 2 * k + flip)
                     y = y.flip(-1) if flip else y
                     out += torch.rot90(y, -k, dims=(-2, -1))
             return out / 8
+
+    def _model(self, x: torch.Tensor, view: int) -> torch.Tensor:
+        """The model on the ``view``-th flip/rotation, with that view's shared attention if any."""
+        if self._shared is None:
+            return self.model(x).float()
+        with fixed_attention(self.model, self._shared[view]):
+            return self.model(x).float()
+
+    @contextmanager
+    def whole_image_attention(self, x: torch.Tensor, pixels: int) -> Iterator[None]:
+        """Inside the block, every call uses the channel-attention matrices of the whole image ``x``
+        (shrunk with an area filter to at most ``pixels`` pixels first, so this costs no more
+        memory than one tile), not those of its own input.
+
+        Tiled inference runs its tiles inside: channel attention is the enhancer's only global
+        operation, so every tile then sees the same global statistics and no tile comes out brighter
+        or darker than its neighbours. A model without channel attention is left as it is.
+        """
+        if not any(isinstance(m, ChannelAttention) for m in self.model.modules()):
+            yield
+            return
+        height, width = x.shape[-2:]
+        scale = min(1.0, math.sqrt(pixels / (height * width)))
+        guide = x.float()
+        if scale < 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            guide = torch.nn.functional.interpolate(guide, size=size, mode="area")
+        with record_attention(self.model) as records:
+            self(guide)
+        views = 8 if self.self_ensemble else 1
+        self._shared = [{layer: weights[view] for layer, weights in records.items()} for view in range(views)]
+        try:
+            yield
+        finally:
+            self._shared = None
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -99,7 +138,14 @@ class TileSettings:
 
 
 def enhance_one(enhance: Enhance, x: torch.Tensor, tiles: TileSettings) -> tuple[torch.Tensor, dict]:
-    return enhance_image(enhance, x, tile=tiles.tile, overlap=tiles.overlap, max_pixels=tiles.max_pixels)
+    return enhance_image(
+        enhance,
+        x,
+        tile=tiles.tile,
+        overlap=tiles.overlap,
+        max_pixels=tiles.max_pixels,
+        shared_context=enhance.whole_image_attention,
+    )
 
 
 # ---------------------------------------------------------------------------------------- bench

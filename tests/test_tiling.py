@@ -107,6 +107,37 @@ def test_out_of_memory_retries_with_smaller_tiles(caplog: pytest.LogCaptureFixtu
     assert "retrying with 75px tiles" in messages[1]
 
 
+def test_shared_context_wraps_every_tiled_attempt_and_only_those() -> None:
+    """The whole-image statistics are prepared for each tiled attempt with that attempt's tile area
+    (so they never need more memory than a tile), tiles run inside it, and a whole image skips it."""
+    conv = local_fn()
+    events: list[object] = []
+
+    class Shared:
+        def __init__(self, x: Tensor, pixels: int) -> None:
+            events.append(("prepare", tuple(x.shape[-2:]), pixels))
+
+        def __enter__(self) -> None:
+            events.append("enter")
+
+        def __exit__(self, *exc: object) -> None:
+            events.append("exit")
+
+    def fragile(t: Tensor) -> Tensor:
+        events.append(max(t.shape[-2:]))
+        if max(t.shape[-2:]) > 100:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return conv(t)
+
+    x = image(150, 90)
+    enhance_image(fragile, x, tile=None, overlap=8, max_pixels=10**6, min_tile=64, shared_context=Shared)
+    assert events[:5] == [150, ("prepare", (150, 90), 75 * 75), "enter", 75, 75]
+    assert events[-1] == "exit" and events.count("enter") == events.count("exit") == 1
+    events.clear()
+    enhance_image(fragile, image(90, 90), tile=None, overlap=8, max_pixels=10**6, shared_context=Shared)
+    assert events == [90]
+
+
 def test_cpu_allocation_failure_is_retried_other_errors_are_not() -> None:
     cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
     assert is_out_of_memory(cpu_oom) and is_out_of_memory(torch.cuda.OutOfMemoryError("x"))

@@ -11,7 +11,9 @@ Consequence: for an `fn` whose output at a pixel depends only on inputs within r
 convolutions), the tiled result equals the whole-image result when `r <= overlap // 4`, i.e.
 `overlap >= 4 * r`, because every tile contributing to a pixel sees its full receptive field. Networks
 with a global receptive field (attention over the whole image, global pooling) only approximate the
-whole-image result; the blend hides the seams.
+whole-image result unless their global statistics are computed once for the whole image and shared
+by the tiles: `enhance_image`'s `shared_context` does that (for IllRecNet,
+`engine.predict.Enhance.whole_image_attention`).
 
 The output is accumulated in place on the input's device: pass a CPU tensor for a huge image and let
 `fn` move each tile to the model's device. Any exception raised by `fn` propagates; no tile is skipped.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
@@ -113,6 +116,7 @@ def enhance_image(
     overlap: int,
     max_pixels: int,
     min_tile: int = MIN_TILE,
+    shared_context: Callable[[Tensor, int], AbstractContextManager] | None = None,
 ) -> tuple[Tensor, dict[str, object]]:
     """Enhance `x` whole when it is small enough, else in tiles, halving the tile on out-of-memory errors.
 
@@ -123,6 +127,11 @@ def enhance_image(
     out of memory at `min_tile` (or on a whole image no larger than it) raises a RuntimeError suggesting
     `--tile`. Any other exception propagates. Returns the output (B, C', H, W) and
     info = {"mode": "whole" | "tiled", "tile": int | None, "overlap": int, "retries": int}.
+
+    ``shared_context(x, pixels)``, when given, is entered around each tiled attempt with the whole
+    image and the tile's pixel count (e.g. ``Enhance.whole_image_attention``, which gives every tile
+    the global statistics of the whole image); an out-of-memory error inside it is retried like one
+    in a tile.
     """
     height, width = x.shape[-2:]
     if not 0 <= overlap < min_tile:
@@ -145,7 +154,8 @@ def enhance_image(
         tile = math.isqrt(max_pixels)
     while True:
         try:
-            out = enhance_tiled(fn, x, tile, overlap)
+            with shared_context(x, tile * tile) if shared_context else nullcontext():
+                out = enhance_tiled(fn, x, tile, overlap)
             return out, {"mode": "tiled", "tile": tile, "overlap": overlap, "retries": retries}
         except Exception as err:  # only out-of-memory errors are retried
             if not is_out_of_memory(err):

@@ -16,6 +16,9 @@ channels, depth-wise convolutions take their fast kernels, and attention works o
 ``(B, H * W, C)`` pixel view with matrix products and no transposed copies.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,6 +76,11 @@ class ChannelAttention(nn.Module):
         head = torch.arange(dim) // (dim // num_heads)
         mask = torch.where(head[:, None] == head[None, :], 0.0, float("-inf"))  # (C, C) block-diagonal
         self.register_buffer("head_mask", mask, persistent=False)
+        self.fixed_weights: Tensor | None = None
+        """Attention matrix ``(B or 1, C, C)`` used instead of one computed from the input
+        (see :func:`fixed_attention`)."""
+        self.recorded_weights: list[Tensor] | None = None
+        """While not None, each forward appends its attention matrix (see :func:`record_attention`)."""
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``x (B, C, H, W)``, ``context (B, C, H, W)`` or None -> ``(B, C, H, W)``."""
@@ -84,15 +92,25 @@ class ChannelAttention(nn.Module):
             k, v = self.kv(context).chunk(2, dim=1)
         else:
             q, k, v = self.qkv(x).chunk(3, dim=1)
-        q, k, v = to_pixels(q), to_pixels(k), to_pixels(v)  # 3 x (B, HW, C)
+        if self.fixed_weights is not None:
+            attn = self.fixed_weights
+        else:
+            attn = self.weights(q, k)
+        if self.recorded_weights is not None:
+            self.recorded_weights.append(attn)
+        out = from_pixels(to_pixels(v) @ attn.transpose(1, 2), h, w)  # (B, C, H, W), channels-last
+        return self.drop(self.proj(out))
+
+    def weights(self, q: Tensor, k: Tensor) -> Tensor:
+        """Queries and keys ``(B, C, H, W)`` -> attention matrix ``(B, C, C)``, zero across heads."""
+        c = q.shape[1]
+        q, k = to_pixels(q), to_pixels(k)  # 2 x (B, HW, C)
         norm_q, norm_k = torch.linalg.vector_norm(q, dim=1), torch.linalg.vector_norm(k, dim=1)  # (B, C)
         cosine = (q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :]).clamp_min(
             1e-12
         )  # (B, C, C)
         scale = self.temperature.repeat_interleave(c // self.num_heads, dim=0).view(c, 1)
-        attn = torch.softmax(cosine * scale + self.head_mask, dim=-1)  # (B, C, C), zero across heads
-        out = from_pixels(v @ attn.transpose(1, 2), h, w)  # (B, C, H, W), channels-last
-        return self.drop(self.proj(out))
+        return torch.softmax(cosine * scale + self.head_mask, dim=-1)
 
 
 class GatedFeedForward(nn.Module):
@@ -129,3 +147,35 @@ class TransformerBlock(nn.Module):
             context = self.norm_context(context)
         x = x + self.attn(self.norm_attn(x), context)
         return x + self.ffn(self.norm_ffn(x))
+
+
+@contextmanager
+def record_attention(model: nn.Module) -> Iterator[dict[ChannelAttention, list[Tensor]]]:
+    """Inside the block, every :class:`ChannelAttention` of ``model`` records the attention matrix of
+    each forward: ``{layer: [matrix of the 1st forward, of the 2nd, ...]}``."""
+    records = {layer: [] for layer in model.modules() if isinstance(layer, ChannelAttention)}
+    for layer, weights in records.items():
+        layer.recorded_weights = weights
+    try:
+        yield records
+    finally:
+        for layer in records:
+            layer.recorded_weights = None
+
+
+@contextmanager
+def fixed_attention(model: nn.Module, weights: dict[ChannelAttention, Tensor]) -> Iterator[None]:
+    """Inside the block, the listed layers use the given attention matrices instead of computing
+    them from their input.
+
+    Tiled inference uses it to give every tile the statistics of the whole image: channel attention
+    is the only global operation of the enhancer, so with fixed matrices a tile's output no longer
+    depends on which part of the image the tile covers (see :mod:`utils.tiling`).
+    """
+    for layer, matrix in weights.items():
+        layer.fixed_weights = matrix
+    try:
+        yield
+    finally:
+        for layer in weights:
+            layer.fixed_weights = None
