@@ -11,6 +11,7 @@ in the message) before the optimizer step, so no bad weights are ever saved; wit
 logged as ``train/skipped_nonfinite``).
 """
 
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -69,17 +70,8 @@ class LowLightEnhancerLightning(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = Enhancer(
-            channels=channels,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            trainable_separation=trainable_separation,
-            embed_dim=embed_dim,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            num_resolution=num_resolution,
-            dropout_ratio=dropout_ratio,
-        )
+        enhancer_args = inspect.signature(Enhancer).parameters  # channels ... dropout_ratio
+        self.model = Enhancer(**{name: self.hparams[name] for name in enhancer_args})
         self.loss = MaeMseLoss(mae_weight, mse_weight)
         # Per-image means accumulated as (sum, count) and summed across ranks at the epoch end, so
         # DDP shards of unequal size still give the exact mean over the split.

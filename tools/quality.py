@@ -25,7 +25,6 @@ yardstick with a higher SSIM. The model flags (``--embed_dim`` ...) change IllRe
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -37,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tools import publish
 from utils.hparams import ModelHparams, check_all_groups, field_values
-from utils.utils import atomic_write_text, parse_hparams
+from utils.utils import parse_hparams
 
 PSNR_MARGIN_DB = 3.8
 """IllRecNet should end at least this many dB above the yardstick (and with a higher SSIM)."""
@@ -305,11 +305,7 @@ def main(hp: QualityHparams) -> dict:
             "ssim_gain": ssim_gain,
             "pass": gain >= PSNR_MARGIN_DB and ssim_gain > 0,
         }
-    text = markdown(results)
-    results["markdown"] = text
-    atomic_write_text(Path(hp.output), json.dumps(results, indent=2) + "\n")
-    print(text)
-    print(f"wrote {hp.output}")
+    publish(results, markdown(results), hp.output)
     return results
 
 

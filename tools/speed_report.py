@@ -23,7 +23,6 @@ measured back to back. Sizes are written ``W x H``.
 from __future__ import annotations
 
 import gc
-import json
 import multiprocessing
 import os
 import platform
@@ -41,7 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from utils.utils import atomic_write_text, parse_hparams
+from tools import publish
+from utils.utils import parse_hparams
 
 TARGETS = {
     "latency_600x400_ratio": 1.5,
@@ -555,11 +555,7 @@ def get_hparams() -> SpeedHparams:
 
 def main(hp: SpeedHparams) -> dict:
     report = measure(hp)
-    text = markdown(report)
-    report["markdown"] = text
-    atomic_write_text(Path(hp.output), json.dumps(report, indent=2) + "\n")
-    print(text)
-    print(f"wrote {hp.output}")
+    publish(report, markdown(report), hp.output)
     return report
 
 
