@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from data.utils import DataError, ImagePair, list_images, load_image, scan_split, validate_split
 from model.blocks.attention import ChannelAttention, fixed_attention, record_attention
+from model.blocks.enhancer import Enhancer
 from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer, quantize_8bit
 from utils.tiling import enhance_image, is_out_of_memory
 from utils.utils import atomic_write_bytes, atomic_write_text, log
@@ -50,6 +51,9 @@ class Enhance:
         self.self_ensemble = self_ensemble
         self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
         self._shared: list[dict] | None = None  # per view: {attention layer: matrix}, while tiling
+        self.stride = max((m.stride for m in model.modules() if isinstance(m, Enhancer)), default=1)
+        """The model's total downsampling factor: tiles start on multiples of it, so each tile is
+        sampled on the same grid as the whole image."""
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +149,7 @@ def enhance_one(enhance: Enhance, x: torch.Tensor, tiles: TileSettings) -> tuple
         overlap=tiles.overlap,
         max_pixels=tiles.max_pixels,
         shared_context=enhance.whole_image_attention,
+        align=enhance.stride,
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from utils.tiling import enhance_image, enhance_tiled, is_out_of_memory
+from utils.tiling import _spans, enhance_image, enhance_tiled, is_out_of_memory
 
 RADIUS = 2  # receptive radius of the 5x5 convolution below
 
@@ -105,6 +105,38 @@ def test_out_of_memory_retries_with_smaller_tiles(caplog: pytest.LogCaptureFixtu
     messages = [r.message for r in caplog.records]
     assert len(messages) == 2 and "whole 300x280" in messages[0] and "150px tiles" in messages[0]
     assert "retrying with 75px tiles" in messages[1]
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "overlap", "align"),
+    [(2160, 1449, 32, 8), (3840, 1449, 32, 8), (1000, 128, 16, 8), (300, 100, 95, 8), (500, 128, 32, 1)],
+)
+def test_tile_spans_start_on_the_grid_cover_the_axis_and_overlap(size, tile, overlap, align) -> None:
+    spans = _spans(size, tile, overlap, align)
+    step_align = align if tile - overlap >= align else 1  # documented fallback
+    assert spans[0][0] == 0 and spans[-1][1] == size
+    assert all(start % step_align == 0 for start, _ in spans)
+    assert all(end - start <= tile + step_align - 1 for start, end in spans)
+    assert all(
+        prev_end - start >= overlap for (_, prev_end), (start, _) in zip(spans[:-1], spans[1:], strict=True)
+    )
+
+
+def grid_fn(t: Tensor) -> Tensor:
+    """Average over the 8x8 blocks of an 8-aligned grid, then back to full size: like any network
+    that downsamples by 8, its output depends on where the grid falls."""
+    h, w = t.shape[-2:]
+    padded = torch.nn.functional.pad(t, (0, -w % 8, 0, -h % 8), mode="replicate")
+    blocks = torch.nn.functional.avg_pool2d(padded, 8)
+    return torch.nn.functional.interpolate(blocks, scale_factor=8, mode="nearest")[..., :h, :w]
+
+
+def test_aligned_tiles_reproduce_a_strided_network() -> None:
+    """Tile origins on multiples of the network's stride give the whole-image result (the 1449 px
+    auto tiles of a 4K image start at 711, 1417, 2391 unaligned, which shifted the grid)."""
+    x = image(700, 1100)
+    assert torch.allclose(enhance_tiled(grid_fn, x, 301, 64, align=8), grid_fn(x), atol=1e-6)
+    assert not torch.allclose(enhance_tiled(grid_fn, x, 301, 64, align=1), grid_fn(x), atol=1e-3)
 
 
 def test_shared_context_wraps_every_tiled_attempt_and_only_those() -> None:

@@ -36,11 +36,18 @@ MIN_TILE = 128
 _CPU_OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory")
 
 
-def _starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins along one axis: stride `tile - overlap`, the last one aligned to the border."""
+def _spans(size: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
+    """Tile extents `[start, end)` along one axis. Starts are multiples of `align`, so a network that
+    downsamples by `align` sees the same sampling grid in every tile as on the whole image; neighbours
+    overlap by at least `overlap`; the last tile ends at the border, up to `align - 1` pixels longer
+    than `tile`. `align` falls back to 1 when `tile - overlap < align`."""
     if size <= tile:
-        return [0]
-    return [*range(0, size - tile, tile - overlap), size - tile]
+        return [(0, size)]
+    if tile - overlap < align:
+        align = 1
+    step = (tile - overlap) // align * align
+    last = (size - tile) // align * align
+    return [(start, start + tile) for start in range(0, last, step)] + [(last, size)]
 
 
 def _ramp(overlap: int) -> Tensor:
@@ -65,27 +72,32 @@ def _window(length: int, start: int, size: int, overlap: int) -> Tensor:
     return weight
 
 
-def enhance_tiled(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int) -> Tensor:
+def enhance_tiled(
+    fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int, align: int = 1
+) -> Tensor:
     """Apply `fn` to overlapping tiles of `x` and blend the outputs (see the module docstring).
 
     fn: (B, C, h, w) -> (B, C', h, w). x: (B, C, H, W). tile: tile side in pixels. overlap: pixels
-    shared by neighbouring tiles, 0 <= overlap < tile. Returns (B, C', H, W) on x's device, float32
-    (or float64 when fn returns float64).
+    shared by neighbouring tiles, 0 <= overlap < tile. align: tile origins are multiples of it (pass
+    the network's total downsampling factor; see `_spans`). Returns (B, C', H, W) on x's device,
+    float32 (or float64 when fn returns float64).
     """
     batch, _, height, width = x.shape
-    if tile < 1 or not 0 <= overlap < tile or height * width == 0:
+    if tile < 1 or align < 1 or not 0 <= overlap < tile or height * width == 0:
         raise ValueError(
-            f"need tile >= 1, 0 <= overlap < tile and a non-empty image; got {tile=}, {overlap=}, {x.shape=}"
+            "need tile >= 1, align >= 1, 0 <= overlap < tile and a non-empty image; "
+            f"got {tile=}, {overlap=}, {align=}, {x.shape=}"
         )
-    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
-    tile_h, tile_w = min(tile, height), min(tile, width)
+    rows, cols = _spans(height, tile, overlap, align), _spans(width, tile, overlap, align)
     out: Tensor | None = None  # (B, C', H, W), allocated once fn reveals C' and dtype
     weight_sum = torch.zeros(1, 1, height, width, device=x.device)  # (1, 1, H, W)
-    for top in rows:
+    for top, bottom in rows:
+        tile_h = bottom - top
         window_h = _window(tile_h, top, height, overlap).to(x.device)  # (tile_h,)
-        for left in cols:
+        for left, right in cols:
+            tile_w = right - left
             window_w = _window(tile_w, left, width, overlap).to(x.device)  # (tile_w,)
-            y = fn(x[:, :, top : top + tile_h, left : left + tile_w])  # (B, C', tile_h, tile_w)
+            y = fn(x[:, :, top:bottom, left:right])  # (B, C', tile_h, tile_w)
             if y.shape[0] != batch or y.shape[-2:] != (tile_h, tile_w):
                 raise ValueError(
                     f"fn changed the tile shape: {(batch, tile_h, tile_w)} -> {tuple(y.shape)} (B, h, w)"
@@ -117,6 +129,7 @@ def enhance_image(
     max_pixels: int,
     min_tile: int = MIN_TILE,
     shared_context: Callable[[Tensor, int], AbstractContextManager] | None = None,
+    align: int = 1,
 ) -> tuple[Tensor, dict[str, object]]:
     """Enhance `x` whole when it is small enough, else in tiles, halving the tile on out-of-memory errors.
 
@@ -131,7 +144,7 @@ def enhance_image(
     ``shared_context(x, pixels)``, when given, is entered around each tiled attempt with the whole
     image and the tile's pixel count (e.g. ``Enhance.whole_image_attention``, which gives every tile
     the global statistics of the whole image); an out-of-memory error inside it is retried like one
-    in a tile.
+    in a tile. ``align`` is passed to `enhance_tiled` (tile origins on the network's sampling grid).
     """
     height, width = x.shape[-2:]
     if not 0 <= overlap < min_tile:
@@ -155,7 +168,7 @@ def enhance_image(
     while True:
         try:
             with shared_context(x, tile * tile) if shared_context else nullcontext():
-                out = enhance_tiled(fn, x, tile, overlap)
+                out = enhance_tiled(fn, x, tile, overlap, align)
             return out, {"mode": "tiled", "tile": tile, "overlap": overlap, "retries": retries}
         except Exception as err:  # only out-of-memory errors are retried
             if not is_out_of_memory(err):
