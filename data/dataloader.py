@@ -14,7 +14,11 @@ Batch format (a dict, collated by the default collate function):
   names, ``low_path``: list of B paths as strings
 
 Train batches are random ``image_size`` crops with shared flips and 90-degree rotations; images
-smaller than the crop are edge-padded (replicate) first. Valid, bench and infer batches hold one
+smaller than the crop are edge-padded (replicate) first. The training sampler
+(:class:`SeededSampler`) hands every index together with a seed for its crop and flips, a function
+of ``(seed, epoch, index)`` only, so the data a run sees does not depend on the number of loader
+workers or on which worker loads what, and a run resumed at an epoch boundary sees exactly the data
+an uninterrupted run would. Valid, bench and infer batches hold one
 whole image each (``batch_size=1``: the images differ in size), in sub-dataset then file order.
 
 Under several processes (DDP) the validation split is sharded without repeats: each image goes to
@@ -30,7 +34,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -60,6 +64,26 @@ def train_transform(crop_size: int | None, augment: bool) -> v2.Transform:
     return v2.Compose(steps) if steps else v2.Identity()
 
 
+class SeededSampler(DistributedSampler):
+    """Shuffled training indices, each paired with the seed of its crop and flips: ``(index, seed)``.
+
+    Order and seeds depend only on ``(seed, epoch)`` (Lightning calls :meth:`set_epoch` every epoch,
+    resumed runs included), never on a worker's random state: persistent loader workers keep their
+    random state across epochs, so with a plain sampler a run resumed at an epoch boundary saw
+    different crops from an uninterrupted one. It is a ``DistributedSampler`` (one replica without
+    DDP), so Lightning keeps it and under DDP every rank gets its own shard of the same permutation.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self):
+        indices = list(super().__iter__())  # this rank's shard of the (seed + epoch) permutation
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        seeds = torch.randint(2**62, (len(self.dataset),), generator=generator).tolist()  # per index
+        return iter([(index, seeds[index]) for index in indices])
+
+
 class PairedImageDataset(Dataset):
     """Low/high pairs loaded with :func:`~data.utils.load_image`, optionally cropped and augmented.
 
@@ -80,7 +104,17 @@ class PairedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """``item``: an index, or ``(index, seed)`` from :class:`SeededSampler` to draw the crop and
+        flips from that seed (the global random state is left untouched)."""
+        if isinstance(item, tuple):
+            index, seed = item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._load(index)
+        return self._load(item)
+
+    def _load(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
         low = tv_tensors.Image(load_image(pair.low))  # (3, H, W)
         sample: dict[str, Any] = {"name": pair.name, "dataset": pair.dataset, "low_path": str(pair.low)}
@@ -115,8 +149,8 @@ class LowLightDataModule(L.LightningDataModule):
     After setup, ``train_pairs``, ``valid_pairs``, ``bench_pairs`` and ``infer_pairs`` map each
     sub-dataset name to its pairs, for code that reports per sub-dataset.
 
-    Worker seeding: call ``lightning.seed_everything(seed, workers=True)``; the Trainer then gives
-    every loader worker a seed derived from it, so crops and flips are reproducible.
+    Crops and flips of training samples are drawn from seeds that depend only on ``seed``, the
+    epoch and the sample (:class:`SeededSampler`), whatever the number of loader workers.
 
     Args:
         train_data_path: train split folder.
@@ -127,6 +161,7 @@ class LowLightDataModule(L.LightningDataModule):
         batch_size: training batch size (valid/bench/infer always use 1).
         num_workers: loader worker processes (0 loads in the main process).
         train_repeat: times the train list is repeated per epoch, for tiny datasets.
+        seed: seed of the training order, crops and flips.
     """
 
     def __init__(
@@ -139,6 +174,7 @@ class LowLightDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 4,
         train_repeat: int = 1,
+        seed: int = 42,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -157,6 +193,9 @@ class LowLightDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.train_repeat = train_repeat
+        self.seed = seed
+        self.resume_epoch = 0
+        """Epoch the first training epoch of this fit has (set when resuming from a checkpoint)."""
         self.train_pairs: dict[str, list[ImagePair]] = {}
         self.valid_pairs: dict[str, list[ImagePair]] = {}
         self.bench_pairs: dict[str, list[ImagePair]] = {}
@@ -194,7 +233,15 @@ class LowLightDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         pairs = _flatten(self.train_pairs, "fit") * self.train_repeat
-        return self._loader(PairedImageDataset(pairs, self.image_size, augment=True), self.batch_size, True)
+        dataset = PairedImageDataset(pairs, self.image_size, augment=True)
+        trainer = self.trainer
+        ranks = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = SeededSampler(dataset, self.seed, num_replicas=ranks[0], rank=ranks[1])
+        # Loader workers take their first indices as soon as the loader is iterated, which in a run
+        # resumed from an end-of-epoch checkpoint happens before Lightning's set_epoch for the next
+        # epoch (and before Lightning restores its epoch counter): start from the resumed epoch.
+        sampler.set_epoch(self.resume_epoch)
+        return self._loader(dataset, self.batch_size, False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         dataset = PairedImageDataset(_flatten(self.valid_pairs, "validate"))

@@ -170,7 +170,7 @@ def _wait_for_pointer(pointer: Path) -> Path:
     raise RuntimeError(f"rank 0 did not announce the run folder in {pointer} within {POINTER_WAIT_S:.0f} s")
 
 
-def build_datamodule(hp: DataHparams) -> LowLightDataModule:
+def build_datamodule(hp: DataHparams, seed: int) -> LowLightDataModule:
     return LowLightDataModule(
         train_data_path=hp.train_data_path,
         valid_data_path=hp.valid_data_path,
@@ -178,6 +178,7 @@ def build_datamodule(hp: DataHparams) -> LowLightDataModule:
         batch_size=hp.batch_size,
         num_workers=hp.num_workers,
         train_repeat=hp.train_repeat,
+        seed=seed,
     )
 
 
@@ -251,7 +252,10 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             )
         else:
             explicit = _initialise(module, session, session_dir, explicit, results)
-        datamodule = build_datamodule(hp)
+        datamodule = build_datamodule(hp, hp.seed)
+        if ckpt_path is not None:  # the epoch Lightning will pass to the sampler's set_epoch
+            progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+            datamodule.resume_epoch = progress["processed"]
         try:
             engine.train(module, datamodule, trainer, ckpt_path=str(ckpt_path) if ckpt_path else None)
             result = _finish_session(session, trainer, module, datamodule)

@@ -643,19 +643,30 @@ def test_datamodule_rejects_bad_arguments() -> None:
         LowLightDataModule(train_repeat=0)
 
 
-def test_train_loader_persistent_workers_and_seeding(tmp_path: Path) -> None:
+def test_train_batches_depend_on_seed_and_epoch_not_on_workers(tmp_path: Path) -> None:
+    """Crops, flips and order come from (seed, epoch, sample) only: persistent workers carried on
+    with their own random state, so a run resumed at an epoch boundary (fresh workers) used to see
+    other crops than the uninterrupted run; now both see the same, as does num_workers=0."""
     dm = _datamodule_tree(tmp_path)
-    dm.num_workers = 1
     dm.setup("fit")
-    assert dm.train_dataloader().persistent_workers is True
 
-    def first_batch(seed: int) -> torch.Tensor:
-        L.seed_everything(seed, workers=True, verbose=False)
-        dm.num_workers = 0
-        return next(iter(dm.train_dataloader()))["low"]
+    def epochs(seed: int, workers: int, first: int, count: int) -> list[torch.Tensor]:
+        dm.seed, dm.num_workers = seed, workers
+        loader = dm.train_dataloader()
+        assert loader.persistent_workers is (workers > 0)
+        out = []
+        for epoch in range(first, first + count):
+            loader.sampler.set_epoch(epoch)
+            out.append(torch.cat([batch["low"] for batch in loader]))
+        return out
 
-    assert torch.equal(first_batch(7), first_batch(7))
-    assert not torch.equal(first_batch(7), first_batch(8))
+    torch.manual_seed(0)
+    uninterrupted = epochs(7, workers=2, first=0, count=2)  # the same two workers serve both epochs
+    torch.manual_seed(1)  # the global random state does not matter
+    assert torch.equal(epochs(7, workers=2, first=1, count=1)[0], uninterrupted[1])  # "resumed"
+    assert torch.equal(epochs(7, workers=0, first=0, count=1)[0], uninterrupted[0])
+    assert not torch.equal(uninterrupted[0], uninterrupted[1])
+    assert not torch.equal(epochs(8, workers=0, first=0, count=1)[0], uninterrupted[0])
 
 
 def test_datamodule_runs_under_a_trainer(tmp_path: Path) -> None:

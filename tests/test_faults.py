@@ -242,8 +242,12 @@ def enospc(*_args, **_kwargs):
 
 
 @pytest.mark.slow
-def test_fault_29_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path: Path, request) -> None:
-    hp = train_hparams(data, tmp_path, max_epochs=4, session="both")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fault_29_sigkill_then_resume_matches_an_uninterrupted_run(
+    data, tmp_path: Path, request, workers
+) -> None:
+    """With loader workers too: crops and flips come from (seed, epoch, sample), not worker state."""
+    hp = train_hparams(data, tmp_path, max_epochs=4, session="both", num_workers=workers)
     # The uninterrupted run and the same run killed with SIGKILL once the second epoch's last.ckpt
     # exists, side by side.
     straight = start_script("train.py", *cli(hp, experiment_name="straight"), log=tmp_path / "straight.log")
