@@ -355,13 +355,14 @@ def data_pipeline(train_data_path: str, crop: int, batch: int, batches: int) -> 
     """Samples/s the project's training pipeline delivers (2 workers), after the first batch."""
     from torch.utils.data import DataLoader
 
-    from data.dataloader import PairedImageDataset
+    from data.dataloader import PairedImageDataset, SeededSampler
     from data.utils import scan_split
 
     pairs = [p for sub in scan_split(train_data_path, require_high=True).values() for p in sub]
     repeat = -(-(batches + 2) * batch // len(pairs))
     dataset = PairedImageDataset(pairs * repeat, crop_size=crop, augment=True)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2, persistent_workers=True)
+    sampler = SeededSampler(dataset, seed=0)  # training's sampler: a seed per sample for its crop and flips
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=2, persistent_workers=True)
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
     start = time.perf_counter()
