@@ -15,6 +15,7 @@ an error), whichever holds more steps. A checkpoint that cannot be read or does 
 is an error naming it and the other checkpoints of its folder, never a silent fresh start.
 """
 
+import inspect
 import json
 import os
 import re
@@ -183,27 +184,12 @@ def build_datamodule(hp: DataHparams, seed: int) -> LowLightDataModule:
 
 
 def build_module(hp: ModelHparams | OptimHparams, session: str) -> LowLightEnhancerLightning:
-    return LowLightEnhancerLightning(
-        channels=hp.channels,
-        kernel_size=hp.kernel_size,
-        sigma=hp.sigma,
-        trainable_separation=session == "trainable",
-        embed_dim=hp.embed_dim,
-        num_heads=hp.num_heads,
-        mlp_ratio=hp.mlp_ratio,
-        num_resolution=hp.num_resolution,
-        dropout_ratio=hp.dropout_ratio,
-        lr=hp.lr,
-        betas=list(hp.betas),
-        eps=hp.eps,
-        weight_decay=hp.weight_decay,
-        warmup_ratio=hp.warmup_ratio,
-        min_lr_ratio=hp.min_lr_ratio,
-        mae_weight=hp.mae_weight,
-        mse_weight=hp.mse_weight,
-        num_log_images=hp.num_log_images,
-        skip_nonfinite=hp.skip_nonfinite,
-    )
+    """The LightningModule of one session: every constructor argument ``hp`` has, the separation
+    trainable in the ``trainable`` session."""
+    names = inspect.signature(LowLightEnhancerLightning).parameters
+    args = {name: getattr(hp, name) for name in names if hasattr(hp, name)}
+    args["betas"] = list(hp.betas)  # a list, so the checkpoint's hparams.yaml stays plain YAML
+    return LowLightEnhancerLightning(**args, trainable_separation=session == "trainable")
 
 
 def run_training(hp) -> tuple[Path, list[SessionResult]]:
