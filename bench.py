@@ -53,7 +53,6 @@ def main(hp: BenchHparams) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     from engine.engine import LightningEngine
-    from engine.predict import TileSettings
     from engine.runner import new_run_dir
     from model.model import load_checkpoint
 
@@ -69,7 +68,7 @@ def main(hp: BenchHparams) -> None:
             out_dir=out_dir,
             metrics=hp.metrics,
             strict=hp.strict_metrics,
-            tiles=TileSettings(hp.tile, hp.tile_overlap, hp.max_pixels),
+            tiles=hp,
             save_images=hp.save_images,
             checkpoint_path=hp.checkpoint_path,
             logger=writer,

@@ -43,7 +43,7 @@ def main(hp: InferHparams) -> None:
     from pathlib import Path
 
     from engine.engine import LightningEngine
-    from engine.predict import TileSettings, collect_inputs
+    from engine.predict import collect_inputs
     from model.model import load_checkpoint
 
     engine = LightningEngine.from_hparams(hp)
@@ -55,7 +55,7 @@ def main(hp: InferHparams) -> None:
         self_ensemble=hp.self_ensemble,
         inputs=inputs,
         out_dir=out_dir,
-        tiles=TileSettings(hp.tile, hp.tile_overlap, hp.max_pixels),
+        tiles=hp,
         overwrite=hp.overwrite,
         checkpoint_path=hp.checkpoint_path,
     )

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from data.utils import DataError, ImagePair, list_images, load_image, scan_split, validate_split
 from model.blocks.attention import ChannelAttention, fixed_attention, record_attention
 from model.blocks.enhancer import Enhancer
+from utils.hparams import TileHparams
 from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer, quantize_8bit
 from utils.tiling import enhance_image, is_out_of_memory
 from utils.utils import atomic_write_bytes, atomic_write_text, log
@@ -131,22 +132,12 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class TileSettings:
-    tile: int | None = None
-    """Tile side; None = whole image unless it exceeds max_pixels or runs out of memory."""
-    overlap: int = 32
-    max_pixels: int = 2_100_000
-    """Images with more pixels are tiled from the start (a 1080p frame still runs whole; 4K is tiled,
-    which keeps a 3840x2160 image under 3 GB of peak memory on a CPU)."""
-
-
-def enhance_one(enhance: Enhance, x: torch.Tensor, tiles: TileSettings) -> tuple[torch.Tensor, dict]:
+def enhance_one(enhance: Enhance, x: torch.Tensor, tiles: TileHparams) -> tuple[torch.Tensor, dict]:
     return enhance_image(
         enhance,
         x,
         tile=tiles.tile,
-        overlap=tiles.overlap,
+        overlap=tiles.tile_overlap,
         max_pixels=tiles.max_pixels,
         shared_context=enhance.whole_image_attention,
         align=enhance.stride,
@@ -173,7 +164,7 @@ def run_bench(
     out_dir: Path,
     metrics: list[str],
     strict: bool,
-    tiles: TileSettings,
+    tiles: TileHparams,
     save_images: bool,
     checkpoint_path: str,
     logger=None,
@@ -228,7 +219,7 @@ def run_bench(
 
 
 def _bench_one(
-    enhance: Enhance, scorer: BenchScorer, pair: ImagePair, tiles: TileSettings, strip_dir: Path | None
+    enhance: Enhance, scorer: BenchScorer, pair: ImagePair, tiles: TileHparams, strip_dir: Path | None
 ) -> dict:
     """Enhance and score one pair; write its low | enhanced | high strip under ``strip_dir`` if given."""
     low = load_image(pair.low).unsqueeze(0)
@@ -340,7 +331,7 @@ def run_infer(
     enhance: Enhance,
     inputs: list[tuple[str, Path]],
     out_dir: Path,
-    tiles: TileSettings,
+    tiles: TileHparams,
     overwrite: bool,
     checkpoint_path: str,
 ) -> InferSummary:

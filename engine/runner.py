@@ -35,7 +35,7 @@ from model.model import (
     check_compatible,
     read_checkpoint,
 )
-from utils.hparams import DataHparams, ModelHparams, OptimHparams
+from utils.hparams import DataHparams, ModelHparams, OptimHparams, TileHparams
 from utils.utils import atomic_write_text, log
 
 SESSIONS = ("frozen", "trainable")
@@ -380,7 +380,7 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
     bench/infer splits (each skipped with a note when its folder does not exist). Rank 0 only."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from engine.predict import TileSettings, collect_inputs
+    from engine.predict import collect_inputs
     from model.model import load_checkpoint
 
     if not is_rank_zero():
@@ -397,7 +397,7 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
                 out_dir=run_dir / "bench",
                 metrics=hp.bench_metrics,
                 strict=False,
-                tiles=TileSettings(),
+                tiles=TileHparams(),
                 save_images=True,
                 checkpoint_path=checkpoint,
                 logger=writer,
@@ -416,7 +416,7 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
             module,
             inputs=collect_inputs(hp.infer_data_path, None),
             out_dir=run_dir / "inference",
-            tiles=TileSettings(),
+            tiles=TileHparams(),
             overwrite=False,
             checkpoint_path=checkpoint,
         )

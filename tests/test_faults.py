@@ -36,7 +36,7 @@ from data import utils as data_utils
 from data.utils import DataError
 from engine import predict
 from engine.engine import EngineError, LightningEngine, RngState
-from engine.predict import BenchError, Enhance, TileSettings, run_bench, run_infer
+from engine.predict import BenchError, Enhance, run_bench, run_infer
 from engine.runner import RUN_DIR_ENV, new_run_dir, resolve_run_dir, resume_command, run_training
 from model.model import (
     CheckpointError,
@@ -45,6 +45,7 @@ from model.model import (
     load_checkpoint,
 )
 from utils import utils as utils_module
+from utils.hparams import TileHparams
 from utils.metrics import PSNR_IDENTICAL_DB
 from utils.utils import run_main
 
@@ -652,7 +653,7 @@ def test_fault_22_23_25_infer_and_bench_keep_every_size_and_name(tmp_path) -> No
         enhance,
         [("photos", p) for p in sorted(folder.iterdir())],
         tmp_path / "out",
-        TileSettings(),
+        TileHparams(),
         overwrite=False,
         checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
     )
@@ -667,7 +668,7 @@ def test_fault_22_23_25_infer_and_bench_keep_every_size_and_name(tmp_path) -> No
         tmp_path / "bench",
         ["PSNR", "SSIM"],
         strict=False,
-        tiles=TileSettings(),
+        tiles=TileHparams(),
         save_images=False,
         checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
     )
@@ -679,7 +680,7 @@ def test_fault_22_23_25_infer_and_bench_keep_every_size_and_name(tmp_path) -> No
 def test_fault_23_tiled_inference_matches_whole_image(tmp_path) -> None:
     folder = write_images(tmp_path / "photos", {"odd.png": (399, 601)})
     outputs = {}
-    for mode, tiles in (("whole", TileSettings()), ("tiled", TileSettings(tile=160, overlap=16))):
+    for mode, tiles in (("whole", TileHparams()), ("tiled", TileHparams(tile=160, tile_overlap=16))):
         stub = Stub(local_conv)
         run_infer(
             Enhance(stub, torch.device("cpu")),
@@ -702,7 +703,7 @@ def bench_stub(tmp_path: Path, model: torch.nn.Module, split: Path, metrics=("PS
         tmp_path / "bench",
         list(metrics),
         strict=False,
-        tiles=TileSettings(),
+        tiles=TileHparams(),
         save_images=True,
         checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
     )
@@ -771,12 +772,12 @@ def test_fault_39_runs_never_share_output_folders(tmp_path) -> None:
     folder = write_images(tmp_path / "photos", {"a.png": (8, 8)})
     inputs, out, cpu = [("photos", folder / "a.png")], tmp_path / "inference", torch.device("cpu")
     run_infer(
-        Enhance(Stub(), cpu), inputs, out, TileSettings(), False, fake_checkpoint(tmp_path / "a.ckpt", b"A")
+        Enhance(Stub(), cpu), inputs, out, TileHparams(), False, fake_checkpoint(tmp_path / "a.ckpt", b"A")
     )
     other = fake_checkpoint(tmp_path / "b.ckpt", b"B")
     with pytest.raises(DataError, match="holds outputs of another checkpoint.*--overwrite"):
-        run_infer(Enhance(Stub(), cpu), inputs, out, TileSettings(), False, other)
-    summary = run_infer(Enhance(Stub(lambda x: 1 - x), cpu), inputs, out, TileSettings(), True, other)
+        run_infer(Enhance(Stub(), cpu), inputs, out, TileHparams(), False, other)
+    summary = run_infer(Enhance(Stub(lambda x: 1 - x), cpu), inputs, out, TileHparams(), True, other)
     assert len(summary.enhanced) == 1
     assert json.loads((out / "manifest.json").read_text())["checkpoint_path"] == other
 
