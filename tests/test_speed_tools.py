@@ -124,11 +124,15 @@ def test_quality_runs_end_to_end(tmp_path):
     assert saved["runs"][0]["dark_input"]["psnr"] != saved["runs"][1]["dark_input"]["psnr"]
     assert entry["psnr_per_seed"][0] != entry["psnr_per_seed"][1]
     assert saved["recipe"]["steps"] == 3 and saved["train_photos"] == 10
+    assert saved["machine"] == "CPU, 2 threads"
     with pytest.raises(ValueError, match="seeds"):
         QualityHparams(seeds=[1, 1])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            QualityHparams(device="cuda")
 
 
 def test_quality_cli_help():
     proc = run_module("tools.quality", "--help", timeout=120)
-    for flag in ("--steps", "--train_dir", "--embed_dim", "--output"):
+    for flag in ("--steps", "--train_dir", "--embed_dim", "--output", "--device"):
         assert flag in proc.stdout

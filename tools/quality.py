@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -72,6 +73,9 @@ class QualityHparams(ModelHparams):
     """Held-out photos are shrunk (area filter) so the long side is at most this."""
     threads: int = 2
     """torch intra-op threads."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the models train and run (the crops are synthesized on the CPU either way). CUDA runs
+    in strict fp32 (TF32 off) so the recipe stays the same; scores move by run-to-run noise only."""
     models: list[str] = field(default_factory=lambda: ["illrecnet", "yardstick"])
     """Which models to train: illrecnet, yardstick or both."""
     output: str = "runs/quality/quality.json"
@@ -86,6 +90,8 @@ class QualityHparams(ModelHparams):
             raise ValueError("image_size must be >= 8 and holdout_max_side >= 16")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
         if not self.seeds or min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct numbers >= 0, got {self.seeds}")
         unknown = sorted(set(self.models) - {"illrecnet", "yardstick"})
@@ -170,24 +176,29 @@ def build_model(name: str, hp: QualityHparams) -> nn.Module:
 
 
 def train(model: nn.Module, data: SyntheticPairs, steps: int, lr: float) -> dict:
-    """The fixed recipe: L1, AdamW, cosine decay to 0; returns the wall time and the loss curve."""
+    """The fixed recipe: L1, AdamW, cosine decay to 0; returns the wall time and the loss curve.
+
+    The batches go to the device of ``model``; the time counts the optimizer steps, not the synthesis.
+    """
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, fused=True)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     model.train()
     losses, seconds = [], 0.0
     for step in range(steps):
-        low, high = data.batch()
+        low, high = (t.to(device) for t in data.batch())
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = F.l1_loss(model(low), high)
         loss.backward()
         optimizer.step()
         schedule.step()
+        loss_value = loss.item()  # waits for the device, so the time below is the step's
         seconds += time.perf_counter() - start
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss at step {step}")
-        losses.append(loss.item())
+        losses.append(loss_value)
         if (step + 1) % max(1, steps // 10) == 0:
             recent = float(np.mean(losses[-max(1, steps // 10) :]))
             print(f"  step {step + 1}/{steps}  L1 {recent:.4f}  ({seconds:.0f} s)", file=sys.stderr)
@@ -201,9 +212,10 @@ def evaluate(model: nn.Module | None, pairs: list[tuple[str, Tensor, Tensor]]) -
 
     if model is not None:
         model.eval()
+        device = next(model.parameters()).device
     per_image = {}
     for name, low, high in pairs:
-        out = quantize_8bit(low if model is None else model(low))
+        out = quantize_8bit(low if model is None else model(low.to(device)).cpu())
         rescaled = quantize_8bit(gt_mean_rescale(out, high))
         per_image[name] = {
             "psnr": float(psnr(out, high)),
@@ -233,7 +245,7 @@ def markdown(results: dict) -> str:
     pairs = len(results["runs"][0]["dark_input"]["per_image"])
     head = (
         f"Quality after {recipe['steps']} steps (L1, AdamW lr {recipe['lr']:g} cosine, batch "
-        f"{recipe['batch_size']}, {recipe['image_size']}px crops, fp32, {recipe['threads']} threads), "
+        f"{recipe['batch_size']}, {recipe['image_size']}px crops, fp32, {results['machine']}), "
         f"mean over seeds {seeds}; held-out: {pairs} synthetic pairs per seed from skimage photos, "
         "RGB PSNR/SSIM on 8-bit outputs; PSNR GT-mean: the output first scaled by mean(target)/mean(output), "
         "i.e. without the global brightness error; training time: mean per seed"
@@ -254,7 +266,7 @@ def run_seed(hp: QualityHparams, photos: list[np.ndarray], seed: int) -> dict:
     run: dict = {"seed": seed, "dark_input": evaluate(None, pairs), "models": {}}
     for name in hp.models:
         torch.manual_seed(seed)
-        model = build_model(name, hp)
+        model = build_model(name, hp).to(hp.device)
         data = SyntheticPairs(photos, hp.image_size, hp.batch_size, seed)
         print(f"training {name} (seed {seed}) ...", file=sys.stderr)
         stats = train(model, data, hp.steps, hp.lr)
@@ -286,12 +298,18 @@ def get_hparams() -> QualityHparams:
 
 def main(hp: QualityHparams) -> dict:
     torch.set_num_threads(hp.threads)
+    if hp.device == "cuda":  # the recipe is fp32: no TF32 in convolutions or matrix products
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     photos = load_photos(hp.train_dir)
     runs = [run_seed(hp, photos, seed) for seed in hp.seeds]
     dark_input, models = summarize(runs, hp.models)
     results: dict = {
         "recipe": asdict(hp)
         | {"loss": "L1", "optimizer": "AdamW(weight_decay=1e-4, fused=True)", "schedule": "cosine"},
+        "machine": (
+            f"CUDA: {torch.cuda.get_device_name()}" if hp.device == "cuda" else f"CPU, {hp.threads} threads"
+        ),
         "train_photos": len(photos),
         "dark_input": dark_input,
         "models": models,
