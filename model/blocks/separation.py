@@ -64,8 +64,13 @@ class Separation(nn.Module):
             k = self.kernel().float()
             r = self.kernel_size // 2
             c = self.channels
-            # Separable blur: rows then columns, replicate padding so any size (1x1 too) works.
-            log_l = F.conv2d(F.pad(log_i, (r, r, 0, 0), mode="replicate"), k.view(c, 1, 1, -1), groups=c)
-            log_l = F.conv2d(F.pad(log_l, (0, 0, r, r), mode="replicate"), k.view(c, 1, -1, 1), groups=c)
+            # Separable blur: rows then columns, replicate padding so any size (1x1 too) works. One
+            # pad of the input on all sides gives what padding before each pass would (a row blur
+            # of replicated edge rows is the replicated blurred edge row), and nothing that needs a
+            # gradient is padded: inductor miscompiled the backward of that pad (--compile with a
+            # trainable separation, torch 2.14).
+            padded = F.pad(log_i, (r, r, r, r), mode="replicate")  # (B, C, H + 2r, W + 2r)
+            log_l = F.conv2d(padded, k.view(c, 1, 1, -1), groups=c)  # (B, C, H + 2r, W)
+            log_l = F.conv2d(log_l, k.view(c, 1, -1, 1), groups=c)  # (B, C, H, W)
             log_r = log_i - log_l
         return log_l.exp().to(x.dtype), log_r.exp().to(x.dtype)
