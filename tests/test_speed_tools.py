@@ -11,7 +11,7 @@ import torch
 
 from tools.quality import QualityHparams, SyntheticPairs, holdout_pairs
 from tools.quality import main as quality_main
-from tools.speed_report import TARGETS, compare, interleaved
+from tools.speed_report import TARGETS, compare, interleaved, markdown
 from tools.yardstick import YardstickUNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,10 @@ def test_speed_report_quick_writes_every_field(tmp_path):
     assert set(report["targets"]) == set(TARGETS)
     assert all(t["status"] in ("PASS", "FAIL") for t in report["targets"].values())
     assert "| inference" in proc.stdout and ("PASS" in proc.stdout or "FAIL" in proc.stdout)
+    assert "TF32" not in report["markdown"]  # a CPU report has nothing to say about it
+    # a CUDA report says whether cuDNN convolutions ran in TF32 (PyTorch's default) or strict fp32
+    report["machine"] |= {"device": "cuda", "tf32": {"cudnn": True, "matmul": False}}
+    assert "TF32 in cuDNN convolutions on, in matrix products off" in markdown(report)
 
 
 def test_synthetic_pairs_are_reproducible_and_darker():

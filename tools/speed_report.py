@@ -397,6 +397,11 @@ def measure(hp: SpeedHparams) -> dict:
             "threads": hp.threads,
             "torch": torch.__version__,
             "python": platform.python_version(),
+            # PyTorch's defaults, which training uses too: cuDNN convolutions may take TF32
+            "tf32": {
+                "cudnn": torch.backends.cudnn.allow_tf32,
+                "matmul": torch.backends.cuda.matmul.allow_tf32,
+            },
         },
         "settings": {**asdict(hp), "repeats": repeats, "warmup": warmup},
         "model_config": config,
@@ -529,6 +534,12 @@ def markdown(report: dict) -> str:
         "data_pipeline_ratio")  # fmt: skip
     head = (
         f"Speed report ({machine['device']}: {machine['name']}, fp32"
+        + (
+            f" (TF32 in cuDNN convolutions {'on' if tf32['cudnn'] else 'off'}, in matrix products "
+            f"{'on' if tf32['matmul'] else 'off'})"
+            if machine["device"] == "cuda" and (tf32 := machine.get("tf32"))
+            else ""
+        )
         + (", torch.compile (MACs and peak memory eager)" if settings.get("compile") else "")
         + f", {machine['threads']} threads; "
         f"{settings['repeats']} interleaved rounds after {settings['warmup']} warm-up; sizes W x H; "
