@@ -247,6 +247,12 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             result = _finish_session(session, trainer, module, datamodule)
         except SystemExit as stop:  # Lightning: sys.exit(1) after Ctrl-C, SIGTERMException on SIGTERM
             raise _interrupted(stop, session, trainer) from stop
+        except Exception as error:
+            # timeout(1), SLURM and `kill -TERM -<pgid>` signal the loader workers too; their death
+            # can surface (a RuntimeError from the loader) before Lightning's own SIGTERM check.
+            if trainer.received_sigterm:
+                raise _interrupted(SIGTERMException(), session, trainer) from error
+            raise
         if trainer.is_global_zero:
             atomic_write_text(done, json.dumps(result.__dict__, indent=2))
         results.append(result)

@@ -133,12 +133,18 @@ def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def start_script(script: str, *args: str, log: Path) -> subprocess.Popen:
+def start_script(script: str, *args: str, log: Path, new_group: bool = False) -> subprocess.Popen:
     """Start a script in the background, its stdout and stderr going to ``log`` (a pipe nobody reads
-    while the test polls could fill up with progress bars and block the script)."""
+    while the test polls could fill up with progress bars and block the script); ``new_group``: in a
+    process group of its own (its pid is the group id), for signals sent to the whole group."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=script_env(), stdout=out, stderr=out
+            [sys.executable, str(ROOT / script), *args],
+            cwd=ROOT,
+            env=script_env(),
+            stdout=out,
+            stderr=out,
+            start_new_session=new_group,
         )
 
 
@@ -335,6 +341,40 @@ def test_fault_30_sigint_sigterm_save_flush_and_print_the_resume_command(
     result = json.loads((ckpt_dir.parent / "result.json").read_text())
     assert result["epochs"] == 3 and result["global_step"] == 3 * 2
     assert not interrupted.exists()  # a finished session removes it
+
+
+@pytest.mark.slow
+def test_fault_30_sigterm_to_the_whole_process_group_with_loader_workers(data, tmp_path: Path) -> None:
+    """``timeout``, SLURM's preemption and ``kill -TERM -<pgid>`` signal every process of the job, so
+    the loader workers die with the trainer and their death can surface first (a RuntimeError from
+    the loader). That is still a SIGTERM stop: exit code 143, the stop message and the resume command,
+    and the resume finishes the session."""
+    hp = train_hparams(data, tmp_path, max_epochs=3, num_workers=2)
+    process = start_script("train.py", *cli(hp, num_workers=2), log=tmp_path / "train.log", new_group=True)
+    ckpt_dir = session_dir(tmp_path) / "checkpoints"
+    try:
+        while not (ckpt_dir / "last.ckpt").is_file():
+            assert process.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    stderr = (tmp_path / "train.log").read_text()
+    assert process.returncode == 143, stderr[-3000:]
+    assert "training stopped by SIGTERM in session frozen" in stderr
+    command = stderr.split("resume with:\n", 1)[1].strip().splitlines()[0]
+    resumed = subprocess.run(
+        [sys.executable, *shlex.split(command)[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=script_env(),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((ckpt_dir.parent / "result.json").read_text())
+    assert result["epochs"] == 3 and result["global_step"] == 3 * 2
 
 
 def test_resume_command_drops_resume_and_checkpoint_flags() -> None:
