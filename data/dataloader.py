@@ -76,11 +76,23 @@ class SeededSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self._skip = (0, 0)
+
+    def skip(self, epoch: int, samples: int) -> None:
+        """In ``epoch`` only, leave out the first ``samples`` of this rank's shard: the part of an
+        epoch that a run stopped inside it had already trained on. The length stays the full
+        epoch's, as Lightning counts the resumed epoch's batches from where it stopped."""
+        if samples < 0:
+            raise ValueError(f"samples must be >= 0, got {samples}")
+        self._skip = (epoch, samples)
 
     def __iter__(self):
         indices = list(super().__iter__())  # this rank's shard of the (seed + epoch) permutation
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         seeds = torch.randint(2**62, (len(self.dataset),), generator=generator).tolist()  # per index
+        epoch, samples = self._skip
+        if self.epoch == epoch:
+            indices = indices[samples:]
         return iter([(index, seeds[index]) for index in indices])
 
 
@@ -196,6 +208,8 @@ class LowLightDataModule(L.LightningDataModule):
         self.seed = seed
         self.resume_epoch = 0
         """Epoch the first training epoch of this fit has (set when resuming from a checkpoint)."""
+        self.resume_batches = 0
+        """Batches of that epoch already trained (resuming from a checkpoint saved inside it)."""
         self.train_pairs: dict[str, list[ImagePair]] = {}
         self.valid_pairs: dict[str, list[ImagePair]] = {}
         self.bench_pairs: dict[str, list[ImagePair]] = {}
@@ -241,6 +255,7 @@ class LowLightDataModule(L.LightningDataModule):
         # resumed from an end-of-epoch checkpoint happens before Lightning's set_epoch for the next
         # epoch (and before Lightning restores its epoch counter): start from the resumed epoch.
         sampler.set_epoch(self.resume_epoch)
+        sampler.skip(self.resume_epoch, self.resume_batches * self.batch_size)
         return self._loader(dataset, self.batch_size, False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,11 +240,18 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
         else:
             explicit = _initialise(module, session, session_dir, explicit, results)
         datamodule = build_datamodule(hp, hp.seed)
-        if ckpt_path is not None:  # the epoch Lightning will pass to the sampler's set_epoch
-            progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
-            datamodule.resume_epoch = progress["processed"]
+        if ckpt_path is not None:  # where Lightning continues: the epoch, and the batches it had trained
+            loops = checkpoint["loops"]["fit_loop"]
+            epochs = loops["epoch_progress"]["current"]
+            datamodule.resume_epoch = epochs["processed"]
+            if epochs["started"] > epochs["processed"]:  # stopped inside that epoch (interrupted.ckpt)
+                datamodule.resume_batches = loops["epoch_loop.batch_progress"]["current"]["completed"]
         try:
-            engine.train(module, datamodule, trainer, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            with warnings.catch_warnings():
+                # Lightning warns that a loader without state_dict repeats data after a stop inside
+                # an epoch; this one does not (datamodule.resume_batches, SeededSampler.skip).
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+                engine.train(module, datamodule, trainer, ckpt_path=str(ckpt_path) if ckpt_path else None)
             result = _finish_session(session, trainer, module, datamodule)
         except SystemExit as stop:  # Lightning: sys.exit(1) after Ctrl-C, SIGTERMException on SIGTERM
             raise _interrupted(stop, session, trainer) from stop

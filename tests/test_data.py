@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from data import utils
-from data.dataloader import LowLightDataModule, PairedImageDataset, RandomRot90
+from data.dataloader import LowLightDataModule, PairedImageDataset, RandomRot90, SeededSampler
 from data.utils import (
     DataError,
     ImagePair,
@@ -720,3 +720,29 @@ def test_image_pair_is_a_plain_dataclass() -> None:
     assert pair.high is None and pair.dataset == "X"
     buffer = io.BytesIO()
     torch.save(pair, buffer)  # picklable, so loader workers can receive it
+
+
+def test_seeded_sampler_skip_leaves_out_the_start_of_one_epoch_only() -> None:
+    """What a run resumed inside an epoch relies on: the rest of that epoch's order, same seeds, and
+    the next epoch whole; under DDP each rank skips within its own shard."""
+    dataset = list(range(10))
+    full = {epoch: [] for epoch in (3, 4)}
+    for epoch in full:
+        sampler = SeededSampler(dataset, seed=7)
+        sampler.set_epoch(epoch)
+        full[epoch] = list(sampler)
+    sampler = SeededSampler(dataset, seed=7)
+    sampler.skip(3, 4)
+    sampler.set_epoch(3)
+    assert list(sampler) == full[3][4:] and len(sampler) == 10
+    sampler.set_epoch(4)
+    assert list(sampler) == full[4]
+    ranks = [SeededSampler(dataset, seed=7, num_replicas=2, rank=r) for r in (0, 1)]
+    for rank in ranks:
+        rank.set_epoch(3)
+    whole = [list(rank) for rank in ranks]
+    for rank, shard in zip(ranks, whole, strict=True):
+        rank.skip(3, 2)
+        assert list(rank) == shard[2:]
+    with pytest.raises(ValueError, match="samples"):
+        sampler.skip(0, -1)

@@ -8,6 +8,7 @@ side of 21-22 are in ``test_data.py``; metric values of 27-28 in ``test_metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +35,19 @@ import infer
 import train
 import valid
 from data import utils as data_utils
+from data.dataloader import PairedImageDataset
 from data.utils import DataError
 from engine import predict
 from engine.engine import EngineError, LightningEngine, RngState
 from engine.predict import BenchError, Enhance, run_bench, run_infer
-from engine.runner import RUN_DIR_ENV, new_run_dir, resolve_run_dir, resume_command, run_training
+from engine.runner import (
+    RUN_DIR_ENV,
+    TrainingInterrupted,
+    new_run_dir,
+    resolve_run_dir,
+    resume_command,
+    run_training,
+)
 from model.model import (
     CheckpointError,
     LowLightEnhancerLightning,
@@ -375,6 +385,55 @@ def test_fault_30_sigterm_to_the_whole_process_group_with_loader_workers(data, t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads((ckpt_dir.parent / "result.json").read_text())
     assert result["epochs"] == 3 and result["global_step"] == 3 * 2
+
+
+@pytest.mark.slow
+def test_fault_30_stop_inside_an_epoch_resumes_the_rest_of_that_epoch(
+    data, tmp_path: Path, monkeypatch
+) -> None:
+    """A SIGTERM in the middle of an epoch: the resumed run trains on the batches that epoch had left,
+    in order (not the first ones of the epoch again), and ends with the weights and optimizer moments
+    of an uninterrupted run."""
+    hp = dict(max_epochs=2, train_repeat=3)  # 12 samples, 6 steps of batch 2 per epoch
+    served: list[tuple[int, int]] = []  # training samples in the order the loader asks for them
+    kill_at = [None]
+    original = PairedImageDataset.__getitem__
+
+    def getitem(self, item):
+        if isinstance(item, tuple):  # (index, seed) from the training sampler
+            served.append(item)
+            if len(served) == kill_at[0]:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, item)
+
+    monkeypatch.setattr(PairedImageDataset, "__getitem__", getitem)
+    fresh_run(monkeypatch, train_hparams(data, tmp_path / "straight", **hp))
+    second_epoch = served[12:24]
+    assert len(served) == 24
+
+    served.clear()
+    kill_at[0] = 12 + 6  # epoch 1, batch 3 (the loader is one batch ahead of training)
+    stopped = train_hparams(data, tmp_path / "stopped", **hp)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        fresh_run(monkeypatch, stopped)
+    ckpt_dir = session_dir(tmp_path / "stopped") / "checkpoints"
+    interrupted = state(ckpt_dir / "interrupted.ckpt")
+    done = interrupted["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
+    assert interrupted["epoch"] == 1 and 1 <= done <= 4, (interrupted["epoch"], done)
+
+    served.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fresh_run(monkeypatch, dataclasses.replace(stopped, resume=True))
+    assert served == second_epoch[2 * done :]  # the rest of the epoch, in order, and nothing else
+    assert not [w for w in caught if "dataloader is not resumable" in str(w.message)]  # no false alarm
+    a = state(session_dir(tmp_path / "straight") / "checkpoints" / "last.ckpt")
+    b = state(ckpt_dir / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 12
+    assert same_weights(a["state_dict"], b["state_dict"])
+    moments_a, moments_b = (c["optimizer_states"][0]["state"] for c in (a, b))
+    for key in moments_a:
+        assert torch.equal(moments_a[key]["exp_avg_sq"], moments_b[key]["exp_avg_sq"])
 
 
 def test_resume_command_drops_resume_and_checkpoint_flags() -> None:
