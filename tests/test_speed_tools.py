@@ -84,6 +84,8 @@ def test_speed_report_quick_writes_every_field(tmp_path):
     assert set(report["targets"]) == set(TARGETS)
     assert all(t["status"] in ("PASS", "FAIL") for t in report["targets"].values())
     assert "| inference" in proc.stdout and ("PASS" in proc.stdout or "FAIL" in proc.stdout)
+    # each timing is on stderr as soon as it is measured (a run stopped later still shows it)
+    assert "  inference 48x40: IllRecNet" in proc.stderr and "  training step: IllRecNet" in proc.stderr
     assert "TF32" not in report["markdown"]  # a CPU report has nothing to say about it
     # a CUDA report says whether cuDNN convolutions ran in TF32 (PyTorch's default) or strict fp32
     report["machine"] |= {"device": "cuda", "tf32": {"cudnn": True, "matmul": False}}

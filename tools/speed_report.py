@@ -379,6 +379,15 @@ def _check(value: float, target: float, upper: bool) -> str:
     return "PASS" if (value <= target if upper else value >= target) else "FAIL"
 
 
+def _done(what: str, times: dict) -> None:
+    """One finished timing on stderr right away, so a run stopped later still shows it."""
+    print(
+        f"  {what}: IllRecNet {times['illrecnet_s']:.4f} s, yardstick {times['yardstick_s']:.4f} s, "
+        f"ratio {times['ratio']:.2f}",
+        file=sys.stderr,
+    )
+
+
 def measure(hp: SpeedHparams) -> dict:
     """Run every measurement; returns the JSON-ready report."""
     torch.set_num_threads(hp.threads)
@@ -427,6 +436,7 @@ def measure(hp: SpeedHparams) -> dict:
     for size in sizes.latency:
         fns = {name: inference_fn(model, size, device) for name, model in models.items()}
         report["latency"][wxh(size)] = compare(interleaved(fns, repeats, warmup, device))
+        _done(f"inference {wxh(size)}", report["latency"][wxh(size)])
 
     print("timing training steps (interleaved) ...", file=sys.stderr)
     for model in models.values():
@@ -440,12 +450,18 @@ def measure(hp: SpeedHparams) -> dict:
     train.update(illrecnet_steps_per_s=1 / train["illrecnet_s"])
     train["yardstick_steps_per_s"] = 1 / train["yardstick_s"]
     report["train_step"] = train
+    _done("training step", train)
 
     print("measuring peak memory (fresh subprocesses) ...", file=sys.stderr)
     report["peak_memory"] = {
         "size": wxh(sizes.memory),
         **{name: peak_memory(m, sizes.memory, hp.device, hp.threads) for name, m in models.items()},
     }
+    print(
+        "  peak memory: "
+        + ", ".join(f"{name} {report['peak_memory'][name]['bytes'] / 1e9:.2f} GB" for name in models),
+        file=sys.stderr,
+    )
 
     print("measuring the matmul peak and the data pipeline ...", file=sys.stderr)
     peak = matmul_peak_gflops(sizes.matmul, repeats, device)
