@@ -158,6 +158,26 @@ def start_script(script: str, *args: str, log: Path, new_group: bool = False) ->
         )
 
 
+def wait_for_file(process: subprocess.Popen, path: Path, log: Path) -> None:
+    """Poll until ``path`` exists; fail with the end of ``log`` if the process ends first."""
+    while not path.is_file():
+        assert process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.02)
+
+
+def run_printed_resume(stderr: str) -> tuple[str, subprocess.CompletedProcess]:
+    """The resume command that an interrupted ``train.py`` printed, and the result of running it."""
+    command = stderr.split("resume with:\n", 1)[1].strip().splitlines()[0]
+    resumed = subprocess.run(
+        [sys.executable, *shlex.split(command)[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=script_env(),
+    )
+    return command, resumed
+
+
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch):
     """Each in-process run gets its own run folder (the runner shares it with DDP workers through an
@@ -322,9 +342,7 @@ def test_fault_30_sigint_sigterm_save_flush_and_print_the_resume_command(
     process = start_script("train.py", *cli(hp), log=tmp_path / "train.log")
     ckpt_dir = session_dir(tmp_path) / "checkpoints"
     try:
-        while not (ckpt_dir / "last.ckpt").is_file():
-            assert process.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
-            time.sleep(0.02)
+        wait_for_file(process, ckpt_dir / "last.ckpt", tmp_path / "train.log")
         process.send_signal(signum)
         process.wait(timeout=120)
     finally:
@@ -336,16 +354,8 @@ def test_fault_30_sigint_sigterm_save_flush_and_print_the_resume_command(
     assert state(interrupted)["global_step"] >= 2
     assert {"train/3_total_step", "valid/3_total"} <= scalar_tags(ckpt_dir.parent)  # flushed on the way out
     assert not (ckpt_dir.parent / "result.json").exists()
-    command = stderr.split("resume with:\n", 1)[1].strip().splitlines()[0]
+    command, resumed = run_printed_resume(stderr)
     assert command.startswith("python ") and command.endswith("--resume true")
-
-    resumed = subprocess.run(
-        [sys.executable, *shlex.split(command)[1:]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=script_env(),
-    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "session frozen: resuming from" in resumed.stderr
     result = json.loads((ckpt_dir.parent / "result.json").read_text())
@@ -363,9 +373,7 @@ def test_fault_30_sigterm_to_the_whole_process_group_with_loader_workers(data, t
     process = start_script("train.py", *cli(hp, num_workers=2), log=tmp_path / "train.log", new_group=True)
     ckpt_dir = session_dir(tmp_path) / "checkpoints"
     try:
-        while not (ckpt_dir / "last.ckpt").is_file():
-            assert process.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
-            time.sleep(0.02)
+        wait_for_file(process, ckpt_dir / "last.ckpt", tmp_path / "train.log")
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=120)
     finally:
@@ -374,14 +382,7 @@ def test_fault_30_sigterm_to_the_whole_process_group_with_loader_workers(data, t
     stderr = (tmp_path / "train.log").read_text()
     assert process.returncode == 143, stderr[-3000:]
     assert "training stopped by SIGTERM in session frozen" in stderr
-    command = stderr.split("resume with:\n", 1)[1].strip().splitlines()[0]
-    resumed = subprocess.run(
-        [sys.executable, *shlex.split(command)[1:]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=script_env(),
-    )
+    _, resumed = run_printed_resume(stderr)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads((ckpt_dir.parent / "result.json").read_text())
     assert result["epochs"] == 3 and result["global_step"] == 3 * 2
