@@ -3,7 +3,15 @@
 import json
 from pathlib import Path
 
+import torch
+
 from utils.utils import atomic_write_text
+
+
+def check_device(device: str) -> None:
+    """Raise a ValueError when ``device`` is ``cuda`` and no CUDA device is usable."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch.cuda.is_available() is False")
 
 
 def publish(report: dict, markdown: str, output: str) -> None:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tools import publish
+from tools import check_device, publish
 from utils.hparams import ModelHparams, check_all_groups, field_values
 from utils.utils import parse_hparams
 
@@ -90,8 +90,7 @@ class QualityHparams(ModelHparams):
             raise ValueError("image_size must be >= 8 and holdout_max_side >= 16")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+        check_device(self.device)
         if not self.seeds or min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct numbers >= 0, got {self.seeds}")
         unknown = sorted(set(self.models) - {"illrecnet", "yardstick"})

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from tools import publish
+from tools import check_device, publish
 from utils.utils import parse_hparams
 
 TARGETS = {
@@ -91,8 +91,7 @@ class SpeedHparams:
             raise ValueError("compile needs warmup >= 1 (the first round compiles)")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
