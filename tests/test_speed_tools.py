@@ -124,11 +124,17 @@ def test_quality_runs_end_to_end(tmp_path):
         entry = saved["models"][name]
         assert entry["train_s"] > 0 and 0 < entry["ssim"] <= 1 and entry["psnr"] > 0
         assert entry["psnr"] == pytest.approx(sum(entry["psnr_per_seed"]) / 2)
+        losses = [run["models"][name]["final_l1"] for run in saved["runs"]]
+        assert entry["final_l1"] == pytest.approx(sum(losses) / 2) and min(losses) > 0
         for run in saved["runs"]:
             assert len(run["models"][name]["per_image"]) == 8
     # the two seeds draw different held-out pairs and initialisations
     assert saved["runs"][0]["dark_input"]["psnr"] != saved["runs"][1]["dark_input"]["psnr"]
     assert entry["psnr_per_seed"][0] != entry["psnr_per_seed"][1]
+    gains = saved["target"]["psnr_gain_per_seed"]
+    assert sum(gains) / 2 == pytest.approx(saved["target"]["psnr_gain_db"])
+    assert f"per seed {gains[0]:+.2f} / {gains[1]:+.2f}" in saved["markdown"]
+    assert f"| {saved['models']['yardstick']['final_l1']:.4f} |" in saved["markdown"]
     assert saved["recipe"]["steps"] == 3 and saved["train_photos"] == 10
     assert saved["machine"] == "CPU, 2 threads"
     with pytest.raises(ValueError, match="seeds"):

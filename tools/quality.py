@@ -18,9 +18,13 @@ scores them on the same held-out pairs, once per seed of ``--seeds`` (scores are
   mean(output)``), which shows how much of the error is the global brightness: the exposure of a
   dark photo is ambiguous (a dark scene or an under-exposed one), for every model alike.
 
-Prints a Markdown table (PSNR, SSIM, training time of each model, and the identity baseline:
-the dark input itself) and writes JSON atomically. The target: IllRecNet >= 3.8 dB above the
-yardstick with a higher SSIM. The model flags (``--embed_dim`` ...) change IllRecNet's configuration.
+Prints a Markdown table (PSNR, SSIM, the final training L1, training time of each model, and the
+identity baseline: the dark input itself), the gain over the yardstick per seed, and writes JSON
+atomically. The final training L1 (the last 50 steps, on the batches every model of a seed shares)
+is the low-noise signal of how well a variant fits; the held-out PSNR of one run also carries the
+luck of its initialisation in guessing the exposure of unseen photos (about 1 dB). The target:
+IllRecNet >= 3.8 dB above the yardstick with a higher SSIM. The model flags (``--embed_dim`` ...)
+change IllRecNet's configuration.
 """
 
 from __future__ import annotations
@@ -229,17 +233,18 @@ def markdown(results: dict) -> str:
     seeds = results["recipe"]["seeds"]
     rows = [
         "| model | params (M) | held-out PSNR (dB) | held-out SSIM | PSNR GT-mean (dB) | PSNR per seed "
-        "| training time (s) | s/step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| final training L1 | training time (s) | s/step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         per_seed = " / ".join(f"{v:.2f}" for v in r["psnr_per_seed"])
         rows.append(
             f"| {name} | {r['params'] / 1e6:.3f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-            f"{r['psnr_gtmean']:.2f} | {per_seed} | {r['train_s']:.0f} | {r['s_per_step']:.3f} |"
+            f"{r['psnr_gtmean']:.2f} | {per_seed} | {r['final_l1']:.4f} | {r['train_s']:.0f} | "
+            f"{r['s_per_step']:.3f} |"
         )
     base = results["dark_input"]
-    rows.append(f"| (dark input, no model) | | {base['psnr']:.2f} | {base['ssim']:.4f} | | | | |")
+    rows.append(f"| (dark input, no model) | | {base['psnr']:.2f} | {base['ssim']:.4f} | | | | | |")
     recipe = results["recipe"]
     pairs = len(results["runs"][0]["dark_input"]["per_image"])
     head = (
@@ -247,14 +252,17 @@ def markdown(results: dict) -> str:
         f"{recipe['batch_size']}, {recipe['image_size']}px crops, fp32, {results['machine']}), "
         f"mean over seeds {seeds}; held-out: {pairs} synthetic pairs per seed from skimage photos, "
         "RGB PSNR/SSIM on 8-bit outputs; PSNR GT-mean: the output first scaled by mean(target)/mean(output), "
-        "i.e. without the global brightness error; training time: mean per seed"
+        "i.e. without the global brightness error; final training L1: mean L1 of the last 50 steps "
+        "(same batches for every model of a seed); training time: mean per seed"
     )
     text = head + "\n\n" + "\n".join(rows) + "\n"
     if "target" in results:
         t = results["target"]
+        per_seed = " / ".join(f"{g:+.2f}" for g in t["psnr_gain_per_seed"])
         text += (
-            f"\nIllRecNet - yardstick: {t['psnr_gain_db']:+.2f} dB PSNR (target >= +{PSNR_MARGIN_DB}), "
-            f"{t['ssim_gain']:+.4f} SSIM (target > 0): {'PASS' if t['pass'] else 'FAIL'}\n"
+            f"\nIllRecNet - yardstick: {t['psnr_gain_db']:+.2f} dB PSNR (per seed {per_seed}; "
+            f"target >= +{PSNR_MARGIN_DB}), {t['ssim_gain']:+.4f} SSIM (target > 0): "
+            f"{'PASS' if t['pass'] else 'FAIL'}\n"
         )
     return text
 
@@ -284,7 +292,7 @@ def summarize(runs: list[dict], models: list[str]) -> tuple[dict, dict]:
         entries = [run["models"][name] for run in runs]
         summary[name] = {
             "params": entries[0]["params"],
-            **{key: mean(entries, key) for key in (*SCORES, "train_s", "s_per_step")},
+            **{key: mean(entries, key) for key in (*SCORES, "final_l1", "train_s", "s_per_step")},
             "psnr_per_seed": [e["psnr"] for e in entries],
             "ssim_per_seed": [e["ssim"] for e in entries],
         }
@@ -317,8 +325,10 @@ def main(hp: QualityHparams) -> dict:
     if {"illrecnet", "yardstick"} <= set(models):
         ill, yard = models["illrecnet"], models["yardstick"]
         gain, ssim_gain = ill["psnr"] - yard["psnr"], ill["ssim"] - yard["ssim"]
+        gains = [i - y for i, y in zip(ill["psnr_per_seed"], yard["psnr_per_seed"], strict=True)]
         results["target"] = {
             "psnr_gain_db": gain,
+            "psnr_gain_per_seed": gains,
             "ssim_gain": ssim_gain,
             "pass": gain >= PSNR_MARGIN_DB and ssim_gain > 0,
         }
