@@ -547,12 +547,13 @@ def markdown(report: dict) -> str:
     row(f"data pipeline, samples/s (ratio: to the {data['train_consumes_samples_per_s']:.1f}/s "
         "training consumes)", f"{data['samples_per_s']:.1f}", "", f"{data['ratio']:.1f}x",
         "data_pipeline_ratio")  # fmt: skip
+    tf32 = machine.get("tf32") if machine["device"] == "cuda" else None  # the switches mean nothing on a CPU
+    on = lambda flag: "on" if flag else "off"  # noqa: E731
     head = (
         f"Speed report ({machine['device']}: {machine['name']}, fp32"
         + (
-            f" (TF32 in cuDNN convolutions {'on' if tf32['cudnn'] else 'off'}, in matrix products "
-            f"{'on' if tf32['matmul'] else 'off'})"
-            if machine["device"] == "cuda" and (tf32 := machine.get("tf32"))
+            f" (TF32 in cuDNN convolutions {on(tf32['cudnn'])}, in matrix products {on(tf32['matmul'])})"
+            if tf32
             else ""
         )
         + (", torch.compile (MACs and peak memory eager)" if settings.get("compile") else "")
