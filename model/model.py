@@ -34,8 +34,20 @@ VALID_KEYS = ("1_mae", "2_mse", "3_total", "psnr", "ssim")
 
 log = logging.getLogger("illrecnet")
 
-ARCHITECTURE = ("channels", "kernel_size", "embed_dim", "num_heads", "mlp_ratio", "num_resolution")
+ARCHITECTURE = (
+    "channels",
+    "kernel_size",
+    "embed_dim",
+    "num_heads",
+    "mlp_ratio",
+    "num_resolution",
+    "sqrt_input",
+)
 """Hyper-parameters that define the weights' layout: a checkpoint only fits a model with the same values."""
+
+LEGACY_DEFAULTS = {"sqrt_input": False}
+"""Values of hyper-parameters added after a checkpoint was written, as that checkpoint's model had
+them (the square-root input came in after the first checkpoints)."""
 
 
 class NonFiniteError(RuntimeError):
@@ -57,6 +69,7 @@ class LowLightEnhancerLightning(L.LightningModule):
         mlp_ratio: float = 2.0,
         num_resolution: int = 3,
         dropout_ratio: float = 0.0,
+        sqrt_input: bool = True,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -237,6 +250,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     ):
         keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a Lightning checkpoint of IllRecNet (top-level keys: {keys})")
+    for name, value in LEGACY_DEFAULTS.items():
+        checkpoint["hyper_parameters"].setdefault(name, value)
     return checkpoint
 
 

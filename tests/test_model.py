@@ -255,3 +255,35 @@ def test_tiles_share_the_whole_image_attention(self_ensemble):
     shrunk, _ = enhance_image(enhance, image, shared_context=enhance.whole_image_attention, **tiles)
     assert _psnr(shrunk, whole) > on_their_own + 3
     assert enhance._shared is None  # the shared matrices are dropped after the image
+
+
+def test_sqrt_input_feeds_the_square_root_to_the_decoder():
+    torch.manual_seed(0)
+    on, off = tiny_enhancer(sqrt_input=True).eval(), tiny_enhancer(sqrt_input=False).eval()
+    assert on.decoder.embed.proj.in_channels == 6 and off.decoder.embed.proj.in_channels == 3
+    # With the square-root half of the embedding zeroed, the model is the plain one with the same weights.
+    off.load_state_dict(
+        {k: (v[:, :3] if k == "decoder.embed.proj.weight" else v) for k, v in on.state_dict().items()}
+    )
+    x = torch.rand(1, 3, 37, 53)
+    with torch.no_grad():
+        assert not torch.allclose(on(x), off(x), atol=1e-6)
+        on.decoder.embed.proj.weight[:, 3:] = 0
+        torch.testing.assert_close(on(x), off(x))
+
+
+def test_checkpoint_from_before_sqrt_input_loads_as_it_was_trained(tmp_path):
+    from model.model import CheckpointError, check_compatible, load_checkpoint, read_checkpoint
+
+    old = LowLightEnhancerLightning(embed_dim=8, num_heads=1, sqrt_input=False).eval()
+    hparams = {k: v for k, v in old.hparams.items() if k != "sqrt_input"}  # written before the option
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.hparams.sqrt_input is False
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), old(x))
+    # Resuming it under today's default is refused with the reason, not a wall of shape errors only.
+    with pytest.raises(CheckpointError, match="sqrt_input: checkpoint False vs this run True"):
+        check_compatible(LowLightEnhancerLightning(embed_dim=8, num_heads=1), read_checkpoint(path), path)

@@ -165,6 +165,7 @@ _MODEL_KEYS = (
     "mlp_ratio",
     "num_resolution",
     "dropout_ratio",
+    "sqrt_input",
 )
 
 

@@ -3,11 +3,13 @@
 1. :class:`Separation` splits the low-light image into illumination and reflectance maps.
 2. :class:`Encoder` embeds each map, runs self-attention on each and cross-attention between them
    (reflectance asks illumination and the reverse), and fuses the two into one context map.
-3. :class:`Decoder` is a U-Net over the original image. At every resolution of its expanding path
-   (and at the bottleneck) it cross-attends to the context map brought to that resolution; skip
-   connections join the contracting and expanding paths. A sub-pixel layer brings the last
-   features to full resolution and a 3x3 convolution there predicts a residual that is added to
-   the input image.
+3. :class:`Decoder` is a U-Net over the original image (its patch embedding also sees the image's
+   square root unless ``sqrt_input`` is off: a brightened copy in which dark values are spread
+   out; measured with ``tools.quality``, +0.5 dB GT-mean PSNR for 0.5 % more parameters). At every
+   resolution of its expanding path (and at the bottleneck) it cross-attends to the context map
+   brought to that resolution; skip connections join the contracting and expanding paths. A
+   sub-pixel layer brings the last features to full resolution and a 3x3 convolution there
+   predicts a residual that is added to the input image.
 
 All attention is channel attention (:mod:`model.blocks.attention`), so cost is linear in the
 number of pixels. Features live at half resolution (a patch embedding equal to pixel-unshuffle + conv) and the
@@ -64,6 +66,7 @@ class Decoder(nn.Module):
     """U-Net over the image that cross-attends to the context at every resolution.
 
     Widths double at each of the ``num_resolution`` levels: ``D, 2D, 4D, ...``; heads double too.
+    With ``sqrt_input`` the patch embedding takes ``[image, sqrt(image)]`` (``2c`` channels).
     """
 
     def __init__(
@@ -74,12 +77,14 @@ class Decoder(nn.Module):
         mlp_ratio: float,
         num_resolution: int,
         dropout_ratio: float,
+        sqrt_input: bool = True,
     ) -> None:
         super().__init__()
         dims = [embed_dim * 2**i for i in range(num_resolution)]
         heads = [num_heads * 2**i for i in range(num_resolution)]
         kw = dict(mlp_ratio=mlp_ratio, dropout_ratio=dropout_ratio)
-        self.embed = PatchEmbed(channels, dims[0])
+        self.sqrt_input = sqrt_input
+        self.embed = PatchEmbed(2 * channels if sqrt_input else channels, dims[0])
         self.context_down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
         self.down_blocks = nn.ModuleList(
             TransformerBlock(dims[i], heads[i], **kw) for i in range(num_resolution - 1)
@@ -102,7 +107,10 @@ class Decoder(nn.Module):
         contexts = [context]
         for down in self.context_down:
             contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
-        x = self.embed(image)  # (B, D, H/2, W/2)
+        if self.sqrt_input:  # a brightened copy (gamma 1/2) beside the image: dark values spread out
+            x = self.embed(torch.cat((image, image.clamp_min(0).sqrt()), dim=1))  # (B, D, H/2, W/2)
+        else:
+            x = self.embed(image)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
             x = block(x)
@@ -132,6 +140,7 @@ class Enhancer(nn.Module):
         mlp_ratio: float = 2.0,
         num_resolution: int = 3,
         dropout_ratio: float = 0.0,
+        sqrt_input: bool = True,
     ) -> None:
         super().__init__()
         if num_resolution < 1:
@@ -139,7 +148,9 @@ class Enhancer(nn.Module):
         self.stride = 2**num_resolution
         self.separation = Separation(channels, kernel_size, sigma, trainable=trainable_separation)
         self.encoder = Encoder(channels, embed_dim, num_heads, mlp_ratio, dropout_ratio)
-        self.decoder = Decoder(channels, embed_dim, num_heads, mlp_ratio, num_resolution, dropout_ratio)
+        self.decoder = Decoder(
+            channels, embed_dim, num_heads, mlp_ratio, num_resolution, dropout_ratio, sqrt_input
+        )
 
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the
