@@ -45,6 +45,9 @@ ARCHITECTURE = (
 )
 """Hyper-parameters that define the weights' layout: a checkpoint only fits a model with the same values."""
 
+ENHANCER_ARGS = tuple(inspect.signature(Enhancer).parameters)
+"""The hyper-parameters that configure the :class:`Enhancer` (channels ... sqrt_input)."""
+
 LEGACY_DEFAULTS = {"sqrt_input": False}
 """Values of hyper-parameters added after a checkpoint was written, as that checkpoint's model had
 them (the square-root input came in after the first checkpoints)."""
@@ -83,8 +86,7 @@ class LowLightEnhancerLightning(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        enhancer_args = inspect.signature(Enhancer).parameters  # channels ... dropout_ratio
-        self.model = Enhancer(**{name: self.hparams[name] for name in enhancer_args})
+        self.model = Enhancer(**{name: self.hparams[name] for name in ENHANCER_ARGS})
         self.loss = MaeMseLoss(mae_weight, mse_weight)
         # Per-image means accumulated as (sum, count) and summed across ranks at the epoch end, so
         # DDP shards of unequal size still give the exact mean over the split.

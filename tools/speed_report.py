@@ -147,26 +147,12 @@ def _cpu_name() -> str:
 # ------------------------------------------------------------------------------------------ models
 def build_models(checkpoint_path: str | None) -> tuple[nn.Module, nn.Module, dict]:
     """IllRecNet's enhancer (from the checkpoint, else default config), the yardstick, the config."""
-    from model.model import LowLightEnhancerLightning, load_checkpoint
+    from model.model import ENHANCER_ARGS, LowLightEnhancerLightning, load_checkpoint
     from tools.yardstick import YardstickUNet
 
     module = load_checkpoint(checkpoint_path) if checkpoint_path else LowLightEnhancerLightning()
-    config = {k: v for k, v in module.hparams.items() if k in _MODEL_KEYS}
+    config = {k: v for k, v in module.hparams.items() if k in ENHANCER_ARGS}
     return module.model, YardstickUNet(), config
-
-
-_MODEL_KEYS = (
-    "channels",
-    "kernel_size",
-    "sigma",
-    "trainable_separation",
-    "embed_dim",
-    "num_heads",
-    "mlp_ratio",
-    "num_resolution",
-    "dropout_ratio",
-    "sqrt_input",
-)
 
 
 def count_params(model: nn.Module) -> int:
