@@ -152,6 +152,16 @@ class LowLightEnhancerLightning(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_nonfinite = int(checkpoint.get("skipped_nonfinite", 0))
+        # A checkpoint older than an option of LEGACY_DEFAULTS, loaded through Lightning's own
+        # load_from_checkpoint (the scripts use load_checkpoint, which fills these in before building):
+        # this module was built with today's default, so rebuild the enhancer as the checkpoint's was.
+        saved = checkpoint.get("hyper_parameters", {})
+        legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved and self.hparams[k] != v}
+        if legacy:
+            self.hparams.update(legacy)
+            weight = next(self.model.parameters())
+            enhancer = Enhancer(**{name: self.hparams[name] for name in ENHANCER_ARGS})
+            self.model = enhancer.to(device=weight.device, dtype=weight.dtype)
 
     def _log_train_losses(self, losses: dict[str, Tensor], batch_size: int) -> None:
         """Per step and per epoch (rank-local; validation values are the synced ones)."""

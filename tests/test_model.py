@@ -2,6 +2,7 @@
 
 import math
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -278,12 +279,18 @@ def test_checkpoint_from_before_sqrt_input_loads_as_it_was_trained(tmp_path):
     old = LowLightEnhancerLightning(embed_dim=8, num_heads=1, sqrt_input=False).eval()
     hparams = {k: v for k, v in old.hparams.items() if k != "sqrt_input"}  # written before the option
     path = tmp_path / "old.ckpt"
-    torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams}, path)
+    version = {"pytorch-lightning_version": L.__version__}  # as every Lightning checkpoint has
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams, **version}, path)
     loaded = load_checkpoint(path)
     assert loaded.hparams.sqrt_input is False
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), old(x))
+    # Lightning's own loader, which builds the module with today's default first, gives the same model.
+    direct = LowLightEnhancerLightning.load_from_checkpoint(path, map_location="cpu").eval()
+    assert direct.hparams.sqrt_input is False
+    with torch.no_grad():
+        torch.testing.assert_close(direct(x), old(x))
     # Resuming it under today's default is refused with the reason, not a wall of shape errors only.
     with pytest.raises(CheckpointError, match="sqrt_input: checkpoint False vs this run True"):
         check_compatible(LowLightEnhancerLightning(embed_dim=8, num_heads=1), read_checkpoint(path), path)
