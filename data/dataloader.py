@@ -227,7 +227,7 @@ class LowLightDataModule(L.LightningDataModule):
         elif stage == "test":
             self.bench_pairs = validate_split(self.bench_data_path, require_high=False)
         elif stage == "predict":
-            self.infer_pairs = validate_split(self.infer_data_path, require_high=False)
+            self.infer_pairs = validate_split(self.infer_data_path, require_high=False, use_high=False)
         else:
             raise ValueError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
 

@@ -160,11 +160,17 @@ def _sub_datasets(split_dir: Path) -> list[Path]:
     return [split_dir / name for name in sorted(seen.values())]
 
 
-def _pair_sub_dataset(sub: Path, require_high: bool, label: str) -> tuple[list[ImagePair], list[str]]:
+def _pair_sub_dataset(
+    sub: Path, require_high: bool, label: str, use_high: bool = True
+) -> tuple[list[ImagePair], list[str]]:
     """Pair one sub-dataset's ``low/`` and ``high/`` by name; return its pairs and problems."""
     low_dir, high_dir = sub / "low", sub / "high"
     if not low_dir.is_dir():
         return [], [f"missing folder {low_dir} (sub-dataset {label})"]
+    if not use_high:  # inference: high/ is never read, so it is not checked either
+        lows, problems = _index_folder(low_dir)
+        pairs = [ImagePair(lows[k], None, sub.name, lows[k].name) for k in lows]
+        return pairs, problems + ([] if pairs else [f"no images in {label}"])
     has_high = high_dir.is_dir()
     if require_high and not has_high:
         return [], [f"missing folder {high_dir} (sub-dataset {label})"]
@@ -199,7 +205,7 @@ def _pair_sub_dataset(sub: Path, require_high: bool, label: str) -> tuple[list[I
 
 
 def _scan(
-    split_dir: Path, require_high: bool, split_name: str
+    split_dir: Path, require_high: bool, split_name: str, use_high: bool = True
 ) -> tuple[dict[str, list[ImagePair]], list[str]]:
     """Pair every sub-dataset of a split by name; return the pairs and every problem found."""
     layout = f"expected {split_name}/<SubDataset>/low" + (" and .../high" if require_high else "")
@@ -215,7 +221,7 @@ def _scan(
         problems.append(f"no sub-dataset folders in {split_name} ({layout})")
     pairs: dict[str, list[ImagePair]] = {}
     for sub in subs:
-        found, sub_problems = _pair_sub_dataset(sub, require_high, f"{split_name}/{sub.name}")
+        found, sub_problems = _pair_sub_dataset(sub, require_high, f"{split_name}/{sub.name}", use_high)
         problems += sub_problems
         if found:
             pairs[sub.name] = sorted(found, key=lambda p: p.name)
@@ -232,7 +238,7 @@ def _raise_problems(split_name: str, problems: list[str]) -> None:
 
 
 def scan_split(
-    split_dir: str | os.PathLike, require_high: bool, split_name: str | None = None
+    split_dir: str | os.PathLike, require_high: bool, split_name: str | None = None, use_high: bool = True
 ) -> dict[str, list[ImagePair]]:
     """Pair the images of every sub-dataset of a split by name, without decoding them.
 
@@ -242,6 +248,8 @@ def scan_split(
             sub-dataset without ``high/`` gives pairs with ``high=None``). Where ``high/`` exists it
             must match ``low/`` exactly, whatever this flag says.
         split_name: how messages name the split (default: ``split_dir`` as given).
+        use_high: False for inference: ``high/`` is ignored (not read, not checked) and every pair
+            has ``high=None``, so a partial or stray ``high/`` folder does not stop inference.
 
     Returns:
         sub-dataset name -> its pairs sorted by file name, sub-datasets sorted by name.
@@ -252,7 +260,7 @@ def scan_split(
     """
     split_dir = Path(split_dir)
     split_name = split_name or str(split_dir)
-    pairs, problems = _scan(split_dir, require_high, split_name)
+    pairs, problems = _scan(split_dir, require_high, split_name, use_high)
     _raise_problems(split_name, problems)
     return pairs
 
@@ -263,6 +271,7 @@ def validate_split(
     split_name: str | None = None,
     min_size: int | None = None,
     max_workers: int | None = None,
+    use_high: bool = True,
 ) -> dict[str, list[ImagePair]]:
     """Scan a split and fully decode every file, reporting every problem in one DataError.
 
@@ -274,10 +283,11 @@ def validate_split(
         min_size: the training crop size; pairs whose short side is smaller are not an error, they
             are edge-padded by the dataset, and their count is logged.
         max_workers: decoding threads (default: ``min(16, cpu_count + 4)``).
+        use_high: as in :func:`scan_split` (False for inference: ``high/`` is ignored).
     """
     split_dir = Path(split_dir)
     split_name = split_name or str(split_dir)
-    pairs, problems = _scan(split_dir, require_high, split_name)
+    pairs, problems = _scan(split_dir, require_high, split_name, use_high)
     files = [p for group in pairs.values() for pair in group for p in (pair.low, pair.high) if p is not None]
     workers = max_workers or min(16, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import platform
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -311,20 +312,43 @@ class InferSummary:
 
 
 def collect_inputs(infer_data_path: str, input_path: str | None) -> list[tuple[str, Path]]:
-    """``(sub-dataset, file)`` to enhance: ``--input`` (a file, or a folder of images or of
-    sub-datasets with ``low/``) or every ``<infer_data_path>/*/low`` image."""
+    """``(sub-dataset, file)`` to enhance: every ``<infer_data_path>/*/low`` image, or ``--input``:
+
+    - a file: sub-dataset = its folder's name (the folder above when that is ``low``);
+    - a sub-dataset folder (it holds ``low/``): its ``low/`` images, sub-dataset = its name;
+    - a split (sub-folders with ``low/``): every sub-dataset, as for ``infer_data_path``;
+    - any other folder of images: sub-dataset = its name (the folder above when that is ``low``).
+    """
     root = Path(input_path) if input_path else Path(infer_data_path)
     if input_path and root.is_file():
-        return [(root.parent.name or "input", root)]
+        return [(_dataset_name(root.parent), root)]
     if not root.is_dir():
         raise DataError(f"inference input not found: {root}")
+    if input_path and (root / "low").is_dir():
+        files = list_images(root / "low")
+        if not files:
+            raise DataError(f"no images in {root / 'low'}")
+        return [(_dataset_name(root), f) for f in files]
     if input_path and not any((p / "low").is_dir() for p in root.iterdir() if p.is_dir()):
         files = list_images(root)
         if not files:
             raise DataError(f"no images in {root}")
-        return [(root.name, f) for f in files]
-    pairs: dict[str, list[ImagePair]] = scan_split(root, require_high=False)
+        return [(_dataset_name(root), f) for f in files]
+    pairs: dict[str, list[ImagePair]] = scan_split(root, require_high=False, use_high=False)
     return [(dataset, pair.low) for dataset, group in pairs.items() for pair in group]
+
+
+def _dataset_name(folder: Path) -> str:
+    """Output sub-folder for the images of ``folder``: its name, or its parent's for a ``low`` folder
+    (``X/low`` and ``Y/low`` are two sub-datasets, not one called ``low``)."""
+    folder = folder.resolve()
+    if folder.name == "low" and folder.parent.name:
+        folder = folder.parent
+    return folder.name or "input"
+
+
+MANIFEST_FLUSH_S = 5.0
+"""``run_infer`` records finished outputs in its manifest at most this often (and when it stops)."""
 
 
 def run_infer(
@@ -337,49 +361,92 @@ def run_infer(
 ) -> InferSummary:
     """Enhance every input into ``out_dir/<sub-dataset>/<stem>.png``.
 
-    Finished outputs are skipped on a re-run (``overwrite`` redoes them); a folder holding outputs
-    of another checkpoint is refused unless ``overwrite`` (never silently mixed). A file that fails
+    ``out_dir/manifest.json`` names the checkpoint the folder is filled with and, per output, the
+    source file and checkpoint it was made from. A re-run skips an output only when the manifest
+    records it from the same source and checkpoint (``overwrite`` redoes everything); outputs not
+    recorded (say, written just before a kill) are redone, so a folder never mixes checkpoints or
+    sources. Refused without ``overwrite``: a folder filled with another checkpoint, and an output
+    that another source file made (two input folders of the same name). A file that fails
     (unreadable, out of memory even in the smallest tiles, a failed write) is reported and gets no
     output; the others go on.
     """
     summary = InferSummary(out_dir=out_dir)
     manifest_path = out_dir / "manifest.json"
     digest = sha256_of(checkpoint_path) if Path(checkpoint_path).is_file() else str(checkpoint_path)
-    if manifest_path.is_file() and not overwrite:
-        previous = json.loads(manifest_path.read_text()).get("checkpoint_sha256")
-        if previous != digest:
-            raise DataError(
-                f"{out_dir} holds outputs of another checkpoint (sha256 {str(previous)[:12]}...); "
-                "pass --overwrite to replace them or choose another --experiment_name"
-            )
-    atomic_write_text(
-        manifest_path,
-        json.dumps({"checkpoint_path": str(checkpoint_path), "checkpoint_sha256": digest}, indent=2),
-    )
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(
+            f"cannot read {manifest_path} ({error}); delete it (finished outputs are then redone) "
+            "or choose another --experiment_name"
+        ) from error
+    previous = manifest.get("checkpoint_sha256")
+    if manifest and previous != digest and not overwrite:
+        raise DataError(
+            f"{out_dir} holds outputs of another checkpoint (sha256 {str(previous)[:12]}...); "
+            "pass --overwrite to replace them or choose another --experiment_name"
+        )
+    records: dict[str, dict] = manifest.get("outputs", {})
     targets = [(src, out_dir / dataset / f"{src.stem}.png") for dataset, src in inputs]
     seen: dict[Path, Path] = {}
     for src, dst in targets:
         if dst in seen:
             raise DataError(f"{src} and {seen[dst]} would both be written to {dst}; rename one of them")
         seen[dst] = src
-    for src, dst in tqdm(targets, desc="infer", unit="img", dynamic_ncols=True):
-        if dst.is_file() and not overwrite:
-            summary.skipped.append(dst)
-            continue
+    key = lambda dst: dst.relative_to(out_dir).as_posix()  # noqa: E731
+    source = lambda src: str(src.resolve())  # noqa: E731
+    if not overwrite:
+        clashes = [
+            f"{dst} (made from {records[key(dst)]['source']}; this run: {source(src)})"
+            for src, dst in targets
+            if dst.is_file() and records.get(key(dst), {}).get("source", source(src)) != source(src)
+        ]
+        if clashes:
+            raise DataError(
+                f"{len(clashes)} output(s) in {out_dir} were made from other files of the same name: "
+                + "; ".join(clashes[:3])
+                + (f" (+{len(clashes) - 3} more)" if len(clashes) > 3 else "")
+                + "; pass --overwrite to replace them or choose another --experiment_name"
+            )
+
+    def write_manifest() -> None:
+        document = {"checkpoint_path": str(checkpoint_path), "checkpoint_sha256": digest, "outputs": records}
+        atomic_write_text(manifest_path, json.dumps(document, indent=2, ensure_ascii=False))
+
+    write_manifest()
+    last_flush = time.monotonic()
+    try:
+        for src, dst in tqdm(targets, desc="infer", unit="img", dynamic_ncols=True):
+            done = {"source": source(src), "checkpoint_sha256": digest}
+            if not overwrite and dst.is_file() and records.get(key(dst)) == done:
+                summary.skipped.append(dst)
+                continue
+            records.pop(key(dst), None)  # replaced below, or removed if this image fails
+            try:
+                x = load_image(src).unsqueeze(0)
+                pred, info = enhance_one(enhance, x, tiles)
+                if info.get("retries"):
+                    log.info("%s: enhanced in %d px tiles after running out of memory", src, info["tile"])
+                save_png(dst, to_uint8(pred))
+            except Exception as error:
+                if not _is_per_image_failure(error):
+                    raise
+                log.error("failed: %s: %s", src, error)
+                summary.failed.append((src, str(error)))
+                dst.unlink(missing_ok=True)  # with --overwrite: no stale output of an earlier run remains
+                continue
+            records[key(dst)] = done
+            summary.enhanced.append(dst)
+            if time.monotonic() - last_flush >= MANIFEST_FLUSH_S:
+                write_manifest()
+                last_flush = time.monotonic()
+    finally:  # also on Ctrl-C: what finished is recorded and skipped by the next run
         try:
-            x = load_image(src).unsqueeze(0)
-            pred, info = enhance_one(enhance, x, tiles)
-            if info.get("retries"):
-                log.info("%s: enhanced in %d px tiles after running out of memory", src, info["tile"])
-            save_png(dst, to_uint8(pred))
-        except Exception as error:
-            if not _is_per_image_failure(error):
-                raise
-            log.error("failed: %s: %s", src, error)
-            summary.failed.append((src, str(error)))
-            dst.unlink(missing_ok=True)  # with --overwrite: no stale output of an earlier run remains
-            continue
-        summary.enhanced.append(dst)
+            write_manifest()
+        except OSError as error:  # e.g. a full disk; must not hide the error that stopped the loop
+            log.warning(
+                "could not record the finished outputs in %s (%s); a re-run redoes them", manifest_path, error
+            )
     return summary
 
 

@@ -35,7 +35,7 @@ import infer
 import train
 import valid
 from data import utils as data_utils
-from data.dataloader import PairedImageDataset
+from data.dataloader import LowLightDataModule, PairedImageDataset
 from data.utils import DataError
 from engine import predict
 from engine.engine import EngineError, LightningEngine, RngState
@@ -880,6 +880,78 @@ def test_fault_39_runs_never_share_output_folders(tmp_path) -> None:
     summary = run_infer(Enhance(Stub(lambda x: 1 - x), cpu), inputs, out, TileHparams(), True, other)
     assert len(summary.enhanced) == 1
     assert json.loads((out / "manifest.json").read_text())["checkpoint_path"] == other
+
+
+def test_fault_39_interrupted_overwrite_never_leaves_the_other_checkpoints_outputs(tmp_path) -> None:
+    folder = write_images(tmp_path / "photos", {f"{i}.png": (8, 8) for i in range(3)})
+    inputs, out, cpu = (
+        [("photos", p) for p in sorted(folder.iterdir())],
+        tmp_path / "inference",
+        torch.device("cpu"),
+    )
+    a, b = fake_checkpoint(tmp_path / "a.ckpt", b"A"), fake_checkpoint(tmp_path / "b.ckpt", b"B")
+    run_infer(Enhance(Stub(), cpu), inputs, out, TileHparams(), False, a)
+
+    def killed_after_one(x: torch.Tensor) -> torch.Tensor:
+        if len(stub.sizes) == 2:
+            raise KeyboardInterrupt
+        return 1 - x
+
+    stub = Stub(killed_after_one)
+    with pytest.raises(KeyboardInterrupt):  # B with --overwrite, stopped after its first image
+        run_infer(Enhance(stub, cpu), inputs, out, TileHparams(), True, b)
+    summary = run_infer(Enhance(Stub(lambda x: 1 - x), cpu), inputs, out, TileHparams(), False, b)
+    assert [p.name for p in summary.skipped] == ["0.png"]  # B's own finished output
+    assert [p.name for p in summary.enhanced] == ["1.png", "2.png"]  # still A's: redone, not skipped
+    for name in ("0.png", "1.png", "2.png"):
+        low = np.asarray(Image.open(folder / name), dtype=np.int16)
+        assert np.abs(np.asarray(Image.open(out / "photos" / name), dtype=np.int16) - (255 - low)).max() <= 1
+
+
+def test_fault_39_same_named_input_folders_never_share_outputs(tmp_path) -> None:
+    cpu, ckpt = torch.device("cpu"), fake_checkpoint(tmp_path / "m.ckpt")
+    for name, value in (("DICM", 50), ("LIME", 200)):
+        (tmp_path / name / "low").mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / name / "low" / "1.png")
+    out = tmp_path / "inference"
+    for name in ("DICM", "LIME"):  # --input X/low names the outputs after X, not "low"
+        run_infer(
+            Enhance(Stub(), cpu),
+            predict.collect_inputs("unused", str(tmp_path / name / "low")),
+            out,
+            TileHparams(),
+            False,
+            ckpt,
+        )
+    assert np.asarray(Image.open(out / "DICM/1.png"))[0, 0, 0] == 50
+    assert np.asarray(Image.open(out / "LIME/1.png"))[0, 0, 0] == 200
+    # --input of a sub-dataset folder (it holds low/) enhances its low/ images
+    assert predict.collect_inputs("unused", str(tmp_path / "DICM")) == [("DICM", tmp_path / "DICM/low/1.png")]
+    # A later folder of the same name: refused (it would replace these outputs), replaced with --overwrite
+    (tmp_path / "other/DICM").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 99, np.uint8)).save(tmp_path / "other/DICM/1.png")
+    inputs = predict.collect_inputs("unused", str(tmp_path / "other/DICM"))
+    with pytest.raises(
+        DataError, match=r"made from other files of the same name: .*DICM/1\.png.*--overwrite"
+    ):
+        run_infer(Enhance(Stub(), cpu), inputs, out, TileHparams(), False, ckpt)
+    assert np.asarray(Image.open(out / "DICM/1.png"))[0, 0, 0] == 50
+    assert len(run_infer(Enhance(Stub(), cpu), inputs, out, TileHparams(), True, ckpt).enhanced) == 1
+    assert np.asarray(Image.open(out / "DICM/1.png"))[0, 0, 0] == 99
+
+
+def test_infer_ignores_a_partial_high_folder(tmp_path) -> None:
+    """high/ is unused by inference (README), so a partial one must not stop it: infer.py and the
+    closing inference of train.py (the data module's predict stage) both enhance every low image."""
+    split = write_split(tmp_path / "4_infer", {"a.png": (8, 8), "b.png": (8, 8)})
+    (split / "Tiny/high/b.png").unlink()
+    expected = [("Tiny", split / "Tiny/low/a.png"), ("Tiny", split / "Tiny/low/b.png")]
+    assert predict.collect_inputs(str(split), None) == expected
+    module = LowLightDataModule(infer_data_path=str(split), num_workers=0)
+    module.setup("predict")
+    assert [(p.low, p.high) for p in module.infer_pairs["Tiny"]] == [(path, None) for _, path in expected]
+    with pytest.raises(DataError, match="1 low image"):  # the bench split still pairs strictly
+        LowLightDataModule(bench_data_path=str(split), num_workers=0).setup("test")
 
 
 def test_fault_40_disk_full_while_writing_outputs(tmp_path, monkeypatch, capsys) -> None:

@@ -221,18 +221,22 @@ def test_bad_arguments() -> None:
 
 @pytest.mark.parametrize("script", ["bench", "infer"])
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
+    ("flags", "message"),
     [
-        ("tile", 8, "--tile must be >= 16"),
-        ("tile_overlap", -1, "--tile_overlap must be >= 0"),
-        ("max_pixels", 10, "--max_pixels must be >= 65536"),
+        ({"tile": 8}, "--tile must be >= 16"),
+        ({"tile_overlap": -1}, "--tile_overlap must be >= 0"),
+        ({"max_pixels": 10}, "--max_pixels must be >= 65536"),
+        # accepted before, then a ValueError on every image: overlap as large as the tile
+        ({"tile": 16}, "--tile_overlap must be smaller than --tile, got 32 with --tile 16"),
+        ({"tile_overlap": 128}, "--tile_overlap must be < 128"),
     ],
 )
-def test_tile_flags_are_checked_for_bench_and_infer(script, field, value, message):
+def test_tile_flags_are_checked_for_bench_and_infer(script, flags, message):
     """bench.py and infer.py share one group of tile flags, with the same checks."""
     import importlib
 
     hparams = importlib.import_module(script).get_hparams()
     assert (hparams.tile, hparams.tile_overlap, hparams.max_pixels) == (None, 32, 2_100_000)
     with pytest.raises(ValueError, match=message):
-        type(hparams)(**{field: value})
+        type(hparams)(**flags)
+    type(hparams)(tile=16, tile_overlap=15)  # the largest overlap a 16 px tile allows

@@ -9,6 +9,8 @@ Values are checked in ``__post_init__`` so a wrong value is a one-line message, 
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from utils.tiling import MIN_TILE
+
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
@@ -192,6 +194,15 @@ class TileHparams:
     def __post_init__(self) -> None:
         _check(self.tile is None or self.tile >= 16, f"--tile must be >= 16, got {self.tile}")
         _check(self.tile_overlap >= 0, f"--tile_overlap must be >= 0, got {self.tile_overlap}")
+        _check(
+            self.tile is None or self.tile_overlap < self.tile,
+            f"--tile_overlap must be smaller than --tile, got {self.tile_overlap} with --tile {self.tile}",
+        )
+        _check(
+            self.tile_overlap < MIN_TILE,
+            f"--tile_overlap must be < {MIN_TILE} (the smallest tile out-of-memory retries use), "
+            f"got {self.tile_overlap}",
+        )
         _check(self.max_pixels >= 256 * 256, f"--max_pixels must be >= 65536, got {self.max_pixels}")
 
 
