@@ -13,8 +13,8 @@ import math
 import platform
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +37,29 @@ class BenchError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ enhancing
+VIEWS = tuple((k, flip) for k in range(4) for flip in (False, True))
+"""The 8 flips/rotations of the self-ensemble: ``(quarter turns, horizontal flip)``."""
+
+
+def to_view(x: torch.Tensor, view: tuple[int, bool]) -> torch.Tensor:
+    """``x`` rotated by ``view[0]`` quarter turns, then flipped horizontally if ``view[1]``."""
+    t = torch.rot90(x, view[0], dims=(-2, -1))
+    return t.flip(-1) if view[1] else t
+
+
+def from_view(y: torch.Tensor, view: tuple[int, bool]) -> torch.Tensor:
+    """Undo :func:`to_view`."""
+    return torch.rot90(y.flip(-1) if view[1] else y, -view[0], dims=(-2, -1))
+
+
 class Enhance:
     """``(1, 3, H, W)`` in [0, 1] -> enhanced ``(1, 3, H, W)``, optionally averaged over the 8
-    flips/rotations (self-ensemble), with optional autocast."""
+    flips/rotations (self-ensemble), with optional autocast.
+
+    :meth:`run` is one pass of the model (what tiling calls per tile); calling the object averages
+    the views of a whole image. :func:`enhance_one` does both: it tiles each view of the image on
+    its own, so every view's tiles sit on the network's sampling grid.
+    """
 
     def __init__(
         self,
@@ -52,41 +72,39 @@ class Enhance:
         self.device = device
         self.self_ensemble = self_ensemble
         self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-        self._shared: list[dict] | None = None  # per view: {attention layer: matrix}, while tiling
+        self._shared: dict | None = None  # {attention layer: matrix} of the whole image, while tiling
         self.stride = max((m.stride for m in model.modules() if isinstance(m, Enhancer)), default=1)
         """The model's total downsampling factor: tiles start on multiples of it, so each tile is
         sampled on the same grid as the whole image."""
 
+    @property
+    def views(self) -> tuple[tuple[int, bool], ...]:
+        return VIEWS if self.self_ensemble else VIEWS[:1]
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._shared is not None and self.self_ensemble:
+            raise RuntimeError("whole_image_attention holds one view's matrices; tile with run(), per view")
+        out = sum(from_view(self.run(to_view(x, view)), view) for view in self.views)
+        return out / len(self.views)
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on ``x`` as it is (one view), with the shared whole-image attention if any."""
         x = x.to(self.device)
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
         ):
-            if not self.self_ensemble:
-                return self._model(x, 0)
-            out = torch.zeros_like(x)
-            for k in range(4):
-                for flip in (False, True):
-                    t = torch.rot90(x, k, dims=(-2, -1))
-                    t = t.flip(-1) if flip else t
-                    y = self._model(t, 2 * k + flip)
-                    y = y.flip(-1) if flip else y
-                    out += torch.rot90(y, -k, dims=(-2, -1))
-            return out / 8
-
-    def _model(self, x: torch.Tensor, view: int) -> torch.Tensor:
-        """The model on the ``view``-th flip/rotation, with that view's shared attention if any."""
-        if self._shared is None:
-            return self.model(x).float()
-        with fixed_attention(self.model, self._shared[view]):
-            return self.model(x).float()
+            if self._shared is None:
+                return self.model(x).float()
+            with fixed_attention(self.model, self._shared):
+                return self.model(x).float()
 
     @contextmanager
     def whole_image_attention(self, x: torch.Tensor, pixels: int) -> Iterator[None]:
-        """Inside the block, every call uses the channel-attention matrices of the whole image ``x``
+        """Inside the block, :meth:`run` uses the channel-attention matrices of the whole image ``x``
         (shrunk with an area filter to at most ``pixels`` pixels first, so this costs no more
         memory than one tile), not those of its own input.
 
@@ -104,9 +122,8 @@ class Enhance:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             guide = torch.nn.functional.interpolate(guide, size=size, mode="area")
         with record_attention(self.model) as records:
-            self(guide)
-        views = 8 if self.self_ensemble else 1
-        self._shared = [{layer: weights[view] for layer, weights in records.items()} for view in range(views)]
+            self.run(guide)
+        self._shared = {layer: weights[0] for layer, weights in records.items()}
         try:
             yield
         finally:
@@ -133,16 +150,31 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def enhance_one(enhance: Enhance, x: torch.Tensor, tiles: TileHparams) -> tuple[torch.Tensor, dict]:
-    return enhance_image(
-        enhance,
-        x,
-        tile=tiles.tile,
-        overlap=tiles.tile_overlap,
-        max_pixels=tiles.max_pixels,
-        shared_context=enhance.whole_image_attention,
-        align=enhance.stride,
-    )
+def enhance_one(
+    enhance: Enhance,
+    x: torch.Tensor,
+    tiles: TileHparams,
+    shared_context: Callable[[torch.Tensor, int], AbstractContextManager] | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Enhance one image ``(1, 3, H, W)``: whole or in tiles (:func:`utils.tiling.enhance_image`),
+    each self-ensemble view on its own: the view of the whole image is tiled (tile origins on the
+    network's grid, attention shared from that view of the whole image) and turned back, so tiles
+    reproduce the whole image for every view and every size. ``shared_context`` defaults to
+    :meth:`Enhance.whole_image_attention`. Returns the output and the last view's tiling info."""
+    out, info = None, {}
+    for view in enhance.views:
+        y, info = enhance_image(
+            enhance.run,
+            to_view(x, view),
+            tile=tiles.tile,
+            overlap=tiles.tile_overlap,
+            max_pixels=tiles.max_pixels,
+            shared_context=shared_context or enhance.whole_image_attention,
+            align=enhance.stride,
+        )
+        y = from_view(y, view)
+        out = y if out is None else out.add_(y)
+    return out.div_(len(enhance.views)), info
 
 
 # ---------------------------------------------------------------------------------------- bench

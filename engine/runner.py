@@ -320,7 +320,8 @@ def _initialise(
 ) -> Path | None:
     """Weights of a session that starts without a checkpoint of its own: ``--checkpoint_path`` (for the
     first session; recorded in ``init.json`` so that a resumed run starts that session the same way),
-    else the frozen session's best for the trainable one, else the seeded random init. Returns the
+    else the frozen session's best for the trainable one (this run folder's, also when an earlier
+    invocation finished it), else the seeded random init (a warning for the trainable session). Returns the
     explicit checkpoint still unused."""
     record = session_dir / "init.json"
     source = None
@@ -329,14 +330,31 @@ def _initialise(
         atomic_write_text(record, json.dumps({"checkpoint_path": str(source.resolve())}, indent=2))
     elif record.is_file():
         source = Path(json.loads(record.read_text())["checkpoint_path"])
-    elif session == "trainable" and results:
-        source = Path(results[-1].best_checkpoint)
+    elif session == "trainable":
+        source = _frozen_best(session_dir.parent, results)
+        if source is None:
+            log.warning(
+                "session trainable starts from random weights: no finished frozen session in %s "
+                "(run --session both, or --session trainable --resume true after --session frozen, "
+                "or pass --checkpoint_path)",
+                session_dir.parent,
+            )
     if source is not None:
         checkpoint = read_checkpoint(source)
         check_compatible(module, checkpoint, source)
         module.load_state_dict(checkpoint["state_dict"])
         log.info("session %s starts from the weights of %s", session, source)
     return explicit
+
+
+def _frozen_best(run_dir: Path, results: list[SessionResult]) -> Path | None:
+    """Best checkpoint of the frozen session: from this invocation, else from ``frozen/result.json``
+    of the run folder (``--session frozen`` then ``--session trainable --resume true``)."""
+    frozen = next((r for r in results if r.session == "frozen"), None)
+    done = run_dir / "frozen" / "result.json"
+    if frozen is None and done.is_file():
+        frozen = SessionResult(**json.loads(done.read_text()))
+    return Path(frozen.best_checkpoint) if frozen is not None else None
 
 
 def _interrupted(stop: SystemExit, session: str, trainer) -> TrainingInterrupted:

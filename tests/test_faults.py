@@ -504,6 +504,27 @@ def test_fault_33_resume_passes_over_newer_runs_without_checkpoints(finished_run
     assert "version_1 holds no checkpoint" in caplog.text
 
 
+def test_trainable_session_run_later_starts_from_the_frozen_best(
+    data, finished_run, tmp_path, caplog
+) -> None:
+    """``--session frozen`` then ``--session trainable --resume true``: the trainable session starts
+    from the frozen session's best checkpoint, as with ``--session both`` (README)."""
+    log_dir = tmp_path / "runs"
+    shutil.copytree(finished_run, log_dir)
+    best = json.loads((session_dir(log_dir) / "result.json").read_text())["best_checkpoint"]
+    caplog.set_level(logging.INFO, logger="illrecnet")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RUN_DIR_ENV, "")
+        run_dir, results = run_training(train_hparams(data, log_dir, session="trainable", resume=True))
+    assert run_dir == log_dir / "tiny" / "version_0" and [r.session for r in results] == ["trainable"]
+    assert f"session trainable starts from the weights of {best}" in caplog.text
+    caplog.clear()  # a fresh run folder has no frozen session: random weights, and a warning says so
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RUN_DIR_ENV, "")
+        run_training(train_hparams(data, tmp_path / "fresh", session="trainable"))
+    assert "session trainable starts from random weights" in caplog.text
+
+
 @pytest.mark.slow
 def test_fault_33_explicit_checkpoint_that_does_not_exist_is_an_error(data, tmp_path, capsys) -> None:
     missing = tmp_path / "nowhere" / "last.ckpt"
