@@ -290,7 +290,7 @@ def _summarise(rows, pairs, columns, checkpoint_path, bench_data_path) -> dict:
             "images": len(own),
             "has_ground_truth": any(p.high is not None for p in pairs[dataset]),
             "means": {c: _mean([r[c] for r in own]) for c in columns},
-            "scored": {c: sum(r[c] is not None for r in own) for c in columns},
+            "scored": {c: sum(r[c] is not None and math.isfinite(r[c]) for r in own) for c in columns},
         }
     return {
         "checkpoint_path": str(checkpoint_path),
@@ -310,16 +310,23 @@ def _summarise(rows, pairs, columns, checkpoint_path, bench_data_path) -> dict:
 
 
 def markdown_tables(summary: dict, columns: list[str]) -> str:
-    """One Markdown table per sub-dataset, the way papers report them."""
+    """One Markdown table per sub-dataset, the way papers report them. A mean over fewer images than
+    the sub-dataset holds (a metric undefined on some of them, e.g. NIQE below 96 px) says so:
+    ``5.1234 (3/4 images)``."""
     out = [f"Protocol: {PROTOCOL_SUMMARY}", ""]
     for dataset, info in summary["datasets"].items():
         gt = "" if info["has_ground_truth"] else " (no ground truth: reference metrics n/a)"
+        cells = []
+        for c in columns:
+            mean, scored = info["means"][c], info["scored"][c]
+            partial = mean is not None and scored < info["images"]
+            cells.append(_fmt(mean) + (f" ({scored}/{info['images']} images)" if partial else ""))
         out += [
             f"**{dataset}** — {info['images']} images{gt}",
             "",
             "| " + " | ".join(["images", *columns]) + " |",
             "|" + "---|" * (len(columns) + 1),
-            "| " + " | ".join([str(info["images"]), *(_fmt(info["means"][c]) for c in columns)]) + " |",
+            "| " + " | ".join([str(info["images"]), *cells]) + " |",
             "",
         ]
     return "\n".join(out)

@@ -842,6 +842,20 @@ def test_fault_27_identical_pair_has_a_finite_mean_in_bench(tmp_path) -> None:
     assert "inf" not in result.tables and "nan" not in result.tables.lower()
 
 
+def test_bench_table_says_when_a_metric_covers_fewer_images(tmp_path) -> None:
+    split = write_split(tmp_path / "3_bench", {"tiny.png": (8, 8), "big.png": (24, 24)})
+    result = bench_stub(tmp_path, Stub(), split)  # SSIM's 11x11 window does not fit 8x8: None there
+    assert result.summary["datasets"]["Tiny"]["scored"] == {
+        "PSNR": 2,
+        "SSIM": 1,
+        "PSNR_GTmean": 2,
+        "SSIM_GTmean": 1,
+    }
+    row = result.tables.splitlines()[-1]  # | images | PSNR | SSIM | PSNR_GTmean | SSIM_GTmean |
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "2" and "images" not in cells[1] and cells[2].endswith("(1/2 images)")
+
+
 def test_fault_28_out_of_range_output_is_clamped_for_metrics_and_files(tmp_path, monkeypatch) -> None:
     def out_of_range(x: torch.Tensor) -> torch.Tensor:
         y = torch.full_like(x, -0.2)
