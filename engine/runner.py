@@ -417,7 +417,8 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
 
     if not is_rank_zero():
         return ""
-    engine = LightningEngine.from_hparams(hp, devices=1, num_nodes=1, strategy="auto")
+    # fp32 whatever the training precision: the closing table is the one bench.py (fp32 default) gives
+    engine = LightningEngine.from_hparams(hp, devices=1, num_nodes=1, strategy="auto", precision="32-true")
     module = load_checkpoint(checkpoint)
     lines = []
     if Path(hp.bench_data_path).is_dir():

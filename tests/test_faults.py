@@ -525,6 +525,28 @@ def test_trainable_session_run_later_starts_from_the_frozen_best(
     assert "session trainable starts from random weights" in caplog.text
 
 
+def test_closing_bench_and_inference_run_in_fp32_whatever_the_training_precision(
+    data, finished_run, tmp_path, monkeypatch
+) -> None:
+    """train.py's closing table must be the one bench.py (fp32 by default) prints for the checkpoint."""
+    from engine import engine as engine_module
+    from engine.runner import evaluate_run
+
+    precisions = []
+
+    class Recording(Enhance):
+        def __init__(self, model, device, self_ensemble=False, precision="32-true") -> None:
+            precisions.append(precision)
+            super().__init__(model, device, self_ensemble, precision)
+
+    monkeypatch.setattr(engine_module, "Enhance", Recording)
+    best = json.loads((session_dir(finished_run) / "result.json").read_text())["best_checkpoint"]
+    split = str(data["valid"])  # a split with ground truth serves as bench and infer split
+    hp = train_hparams(data, tmp_path, precision="bf16-mixed", bench_data_path=split, infer_data_path=split)
+    text = evaluate_run(hp, tmp_path / "run", best)
+    assert "| images | PSNR |" in text and precisions == ["32-true", "32-true"]
+
+
 @pytest.mark.slow
 def test_fault_33_explicit_checkpoint_that_does_not_exist_is_an_error(data, tmp_path, capsys) -> None:
     missing = tmp_path / "nowhere" / "last.ckpt"

@@ -188,7 +188,8 @@ def test_valid_from_checkpoint_alone(trained, tmp_path):
 
 
 def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):
-    ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
+    closing = trained["run_dir"] / "bench"  # train.py's closing bench (trained under bf16-mixed)
+    ckpt = json.loads((closing / "bench.json").read_text())["checkpoint_path"]
     bench_root = tmp_path / "bench_split"
     shutil.copytree(SAMPLE / "3_bench", bench_root)
     (bench_root / "NoGT" / "low").mkdir(parents=True)  # a sub-dataset without ground truth
@@ -220,6 +221,13 @@ def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):
     assert nogt["PSNR"] == "n/a" and nogt["SSIM"] == "n/a" and nogt["NIQE"] != "n/a"
     strips = list((out_dir / "images" / "SkimageSynth").glob("*.png"))
     assert len(strips) == 2
+    # The closing bench of train.py runs in fp32 like bench.py: the same numbers to the last digit.
+    closing_rows = {r["image"]: r for r in csv.DictReader((closing / "bench.csv").open())}
+    for row in (r for r in rows if r["dataset"] == "SkimageSynth"):
+        assert (row["PSNR"], row["SSIM"]) == (
+            closing_rows[row["image"]]["PSNR"],
+            closing_rows[row["image"]]["SSIM"],
+        )
     # Enhance the same split with infer.py and recompute PSNR from the saved 8-bit files.
     run(
         "infer.py",
