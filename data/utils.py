@@ -391,6 +391,8 @@ def _decode_deep(path: Path, im: Image.Image) -> np.ndarray:
     array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise DataError(f"{path}: OpenCV could not decode this TIFF (truncated or unsupported)")
+    if array.dtype not in (np.uint8, np.uint16):  # float32/64, 32-bit integers: no fixed white level
+        raise DataError(f"{path}: {array.dtype} TIFF samples are not supported; save it as 8/16-bit")
     if array.ndim == 2:
         array = array[..., None]
     match array.shape[2]:
@@ -440,7 +442,10 @@ def decode_image_array(path: str | os.PathLike) -> np.ndarray:
     except DataError:
         raise
     except UnidentifiedImageError as err:
-        raise DataError(f"{path}: not a recognised image file ({size} bytes)") from err
+        hint = ""
+        if path.suffix.lower() in (".tif", ".tiff"):
+            hint = "; TIFFs with floating-point colour samples are not supported, save it as 8/16-bit"
+        raise DataError(f"{path}: not a recognised image file ({size} bytes){hint}") from err
     except Image.DecompressionBombError as err:
         raise DataError(f"{path}: rejected as a decompression bomb ({err})") from err
     except MemoryError as err:

@@ -433,6 +433,19 @@ def test_fault_18_sixteen_bit_full_range(tmp_path: Path) -> None:
         assert np.allclose(tensor.permute(1, 2, 0).numpy() * 65535, rgb, atol=1e-2)  # every level kept
 
 
+def test_floating_point_tiffs_are_refused_by_name_not_misread(tmp_path: Path) -> None:
+    """A float TIFF has no fixed white level: a grey one was read as if 1.0 were 255 (all near black)."""
+    values = np.random.default_rng(0).random((6, 8, 3)).astype(np.float32)
+    Image.fromarray(values[..., 0], mode="F").save(tmp_path / "grey.tif")
+    cv2.imwrite(str(tmp_path / "rgb.tif"), values)
+    with pytest.raises(
+        DataError, match=r"grey\.tif: float32 TIFF samples are not supported; save it as 8/16-bit"
+    ):
+        load_image(tmp_path / "grey.tif")
+    with pytest.raises(DataError, match=r"rgb\.tif: not a recognised .*floating-point colour samples"):
+        load_image(tmp_path / "rgb.tif")
+
+
 def test_fault_19_exif_orientation_applied(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:40, 0:60]
     upright = np.stack([xx * 4, yy * 6, (xx + yy) * 2], axis=2).astype(np.uint8)  # (40, 60, 3) smooth
