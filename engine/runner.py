@@ -245,7 +245,9 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             epochs = loops["epoch_progress"]["current"]
             datamodule.resume_epoch = epochs["processed"]
             if epochs["started"] > epochs["processed"]:  # stopped inside that epoch (interrupted.ckpt)
-                datamodule.resume_batches = loops["epoch_loop.batch_progress"]["current"]["completed"]
+                # "processed": batches whose optimizer step ran. A Ctrl-C stops in on_train_batch_end,
+                # before Lightning counts the batch "completed"; on resume Lightning treats it as done.
+                datamodule.resume_batches = loops["epoch_loop.batch_progress"]["current"]["processed"]
         try:
             with warnings.catch_warnings():
                 # Lightning warns that a loader without state_dict repeats data after a stop inside
