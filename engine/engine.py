@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from engine.predict import Enhance, run_bench, run_infer
+from utils.hparams import first_device_index
 from utils.utils import atomic_write_bytes, log
 
 MONITOR = "valid/3_total"
@@ -55,7 +56,7 @@ class LightningEngine:
     def __init__(
         self,
         accelerator: str = "auto",
-        devices: str | int = "auto",
+        devices: str | int | list[int] = "auto",
         num_nodes: int = 1,
         strategy: str = "auto",
         precision: str = "32-true",
@@ -179,15 +180,19 @@ class LightningEngine:
 
     def device(self) -> torch.device:
         """The single device of bench/infer. They process each image exactly once in one process, so
-        asking for several devices runs on the first one (with a message) instead of splitting work."""
-        if self.devices not in ("auto", 1, "1") or self.num_nodes > 1:
+        asking for several devices runs on the first one (with a message) instead of splitting work;
+        a list of indices (``[2, 3]``, ``'2,3'``) picks its first GPU."""
+        several = not (
+            self.devices in ("auto", 1, "1") or (isinstance(self.devices, list) and len(self.devices) == 1)
+        )
+        if several or self.num_nodes > 1:
             log.warning(
                 "bench/infer run on one device; ignoring devices=%s num_nodes=%s",
                 self.devices,
                 self.num_nodes,
             )
         if self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available()):
-            return torch.device("cuda", 0)
+            return torch.device("cuda", first_device_index(self.devices))
         if self.accelerator == "mps" or (self.accelerator == "auto" and torch.backends.mps.is_available()):
             return torch.device("mps")
         return torch.device("cpu")

@@ -340,12 +340,33 @@ def test_print_config_and_config_round_trip(tmp_path):
         (["--image_size", "abc"], "image_size"),
         (["--precision", "12"], "precision must be one of"),
         (["--embed_dim", "10", "--num_heads", "3"], "multiple of num_heads"),
+        (["--devices", "0"], "devices must be a count"),
+        (["--devices", "[0, 0]"], "devices must be a count"),
     ],
 )
 def test_wrong_values_get_a_message_not_a_traceback(args, message):
     proc = run("train.py", *args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_devices_take_every_form_the_help_names(tmp_path):
+    """A count, -1, auto, '0,1' and a list '[0, 1]' (on the command line or in a config file) reach
+    Lightning as values it accepts (a list used to stay the string '[0, 1]' and fail inside it);
+    bench/infer use the first listed device."""
+    import train
+    from engine.engine import LightningEngine
+    from utils.hparams import first_device_index
+    from utils.utils import parse_hparams
+
+    config = tmp_path / "devices.yaml"
+    config.write_text("devices: [2, 3]\n")
+    cases = {"2": 2, "-1": -1, "auto": "auto", "0,1": "0,1", "[0, 1]": [0, 1]}
+    for flag, expected in cases.items():
+        assert parse_hparams(train.TrainHparams, "", ["--devices", flag]).devices == expected
+    assert parse_hparams(train.TrainHparams, "", ["--config", str(config)]).devices == [2, 3]
+    assert [first_device_index(d) for d in ([2, 3], "2,3", 2, "auto")] == [2, 2, 0, 0]
+    assert LightningEngine(accelerator="cpu", devices=[0]).device() == torch.device("cpu")
 
 
 def test_self_ensemble_averages_the_eight_transforms():

@@ -6,6 +6,7 @@ is a flag of the same name (``--image_size 128``) and a key of the same name in 
 Values are checked in ``__post_init__`` so a wrong value is a one-line message, not a traceback.
 """
 
+import re
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -118,8 +119,8 @@ class OptimHparams:
 class RuntimeHparams:
     accelerator: str = "auto"
     """cpu, gpu, cuda, mps or auto (a GPU when one is present)."""
-    devices: int | str = "auto"
-    """Number of devices, a list such as '[0, 1]', or auto."""
+    devices: int | list[int] | str = "auto"
+    """Number of devices (-1: all), a list of device indices such as '[0, 1]' (or '0,1'), or auto."""
     num_nodes: int = 1
     """Machines taking part (multi-node DDP)."""
     strategy: str = "auto"
@@ -137,12 +138,44 @@ class RuntimeHparams:
     once with symbolic height and width; later sizes reuse that graph."""
 
     def __post_init__(self) -> None:
+        _check(
+            devices_ok(self.devices),
+            f"devices must be a count (2; -1 for all), a list of indices ([0, 1] or '0,1') or auto, "
+            f"got {self.devices!r}",
+        )
         _check(self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(
             bool(self.experiment_name.strip()) and "/" not in self.experiment_name,
             f"experiment_name must be a non-empty folder name, got {self.experiment_name!r}",
         )
+
+
+def devices_ok(devices: object) -> bool:
+    """A ``devices`` value Lightning's Trainer takes: a count >= 1 or -1, distinct indices >= 0 (a list
+    or a comma-separated string), or "auto"."""
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, list):
+        indices = [i for i in devices if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
+        return bool(devices) and len(indices) == len(devices) == len(set(devices))
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto" or re.fullmatch(r"-1|\d+", text):
+            return text == "auto" or int(text) != 0
+        return re.fullmatch(r"\d+(,\d+)*,?", text) is not None
+    return False
+
+
+def first_device_index(devices: object) -> int:
+    """The device bench/infer use: the first listed index (``[2, 3]``, ``'2,3'``), else 0."""
+    if isinstance(devices, list) and devices:
+        return int(devices[0])
+    if isinstance(devices, str) and "," in devices:
+        return int(devices.split(",")[0])
+    return 0
 
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
