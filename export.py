@@ -50,6 +50,12 @@ class ExportError(RuntimeError):
     """The exporter, the ONNX checker or the onnxruntime comparison failed."""
 
 
+def verification_size(example_size: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` of the onnxruntime check: odd, and larger than the traced example in both axes, so
+    the check exercises sizes the trace did not see (any example size, 2x2 included)."""
+    return (example_size[0] + 10) | 1, (example_size[1] + 14) | 1
+
+
 def export_onnx(model, path, opset: int = 18, example_size: tuple[int, int] = (67, 93)) -> None:
     """Export ``model`` (an ``nn.Module`` mapping ``(B, 3, H, W)`` to the same shape) to ``path``.
 
@@ -122,7 +128,7 @@ def main(hp: ExportHparams) -> None:
     export_onnx(model, hp.output, hp.opset, tuple(hp.example_size))
     print(f"wrote {hp.output} (opset {hp.opset}, dynamic batch/height/width; onnx.checker passed)")
     if hp.verify and importlib.util.find_spec("onnxruntime") is not None:
-        size = (hp.example_size[0] + 10, hp.example_size[1] - 14)
+        size = verification_size(tuple(hp.example_size))
         diff = compare_with_onnxruntime(model, hp.output, size)
         print(f"onnxruntime vs PyTorch at {size[0]}x{size[1]} (H x W): max |difference| {diff:.2e}")
         if diff > hp.tolerance:

@@ -73,6 +73,18 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_verification_runs_on_an_odd_unseen_size_for_any_example_size(checkpoint, tmp_path, capsys):
+    from export import verification_size
+
+    assert [verification_size(s) for s in ((67, 93), (8, 8), (2, 2))] == [(77, 107), (19, 23), (13, 17)]
+    export_main(
+        ExportHparams(
+            checkpoint_path=str(checkpoint), output=str(tmp_path / "small.onnx"), example_size=(8, 8)
+        )
+    )
+    assert "onnxruntime vs PyTorch at 19x23 (H x W)" in capsys.readouterr().out  # was 18x-6: a traceback
+
+
 def test_cli_exports_and_verifies(checkpoint, tmp_path):
     out = tmp_path / "cli.onnx"
     cmd = [
