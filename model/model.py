@@ -105,11 +105,18 @@ class LowLightEnhancerLightning(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         self._batch_names = list(batch.get("low_path", batch.get("name", [])))
         losses = self.loss(self(batch["low"]), batch["high"])
-        self._skip_step = not torch.isfinite(losses["total"])
+        local = not torch.isfinite(losses["total"])
+        # Every rank decides alike (any rank's non-finite loss counts): a rank that raised alone would
+        # leave the others waiting in the gradient all-reduce until the process group times out.
+        self._skip_step = local
+        if self._trainer is not None:
+            self._skip_step = self._trainer.strategy.reduce_boolean_decision(local, all=False)
         if self._skip_step:
             # Raises unless skip_nonfinite. Skipping: backward still runs (in DDP every rank must take
             # part in the gradient all-reduce) and on_before_optimizer_step drops the gradients.
-            self._non_finite(f"training loss ({losses['total'].item()})")
+            self._non_finite(
+                f"training loss ({losses['total'].item()})" if local else "training loss on another rank"
+            )
         else:
             self._log_train_losses(losses, batch["low"].shape[0])
         return losses["total"]

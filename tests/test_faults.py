@@ -706,6 +706,26 @@ def test_fault_35_36_non_finite_step_stops_naming_step_and_files(
     assert (ckpt_dir / "best.ckpt").read_bytes() == best and (ckpt_dir / "last.ckpt").read_bytes() == last
 
 
+def test_non_finite_loss_on_another_rank_stops_this_one_too(monkeypatch) -> None:
+    """Under DDP a rank that raised alone would leave the others blocked in the gradient all-reduce
+    until the process group times out: the decision is reduced over ranks (any non-finite loss)."""
+    from types import SimpleNamespace
+
+    decisions = []
+
+    def any_rank(decision: bool, all: bool = True) -> bool:  # noqa: A002 (Lightning's argument name)
+        decisions.append((decision, all))
+        return True  # another rank saw a non-finite loss
+
+    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1)
+    strategy = SimpleNamespace(reduce_boolean_decision=any_rank)
+    monkeypatch.setattr(module, "_trainer", SimpleNamespace(strategy=strategy, global_step=7), raising=False)
+    batch = {"low": torch.rand(1, 3, 16, 16), "high": torch.rand(1, 3, 16, 16)}
+    with pytest.raises(NonFiniteError, match="non-finite training loss on another rank at global step 7"):
+        module.training_step(batch, 0)
+    assert decisions == [(False, False)]  # this rank's loss was finite; "any", not "all"
+
+
 def test_fault_36_skip_nonfinite_skips_nan_gradient_steps(data, finished_run, tmp_path, monkeypatch, caplog):
     log_dir = crashed_copy(finished_run, tmp_path)
     start = state(session_dir(log_dir) / "checkpoints" / "last.ckpt")["state_dict"]
