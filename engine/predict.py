@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import platform
 import time
 from collections import defaultdict
@@ -380,7 +381,7 @@ def collect_inputs(infer_data_path: str, input_path: str | None) -> list[tuple[s
 def _dataset_name(folder: Path) -> str:
     """Output sub-folder for the images of ``folder``: its name, or its parent's for a ``low`` folder
     (``X/low`` and ``Y/low`` are two sub-datasets, not one called ``low``)."""
-    folder = folder.resolve()
+    folder = Path(os.path.abspath(folder))  # "." and ".." resolved; a symbolic link keeps its own name
     if folder.name == "low" and folder.parent.name:
         folder = folder.parent
     return folder.name or "input"
