@@ -273,7 +273,8 @@ def test_bench_lpips_offline_is_na_not_zero(trained, tmp_path):
     rows = list(csv.DictReader(next((tmp_path / "b").glob("*/version_0/bench.csv")).open()))
     assert all(r["LPIPS"] == "n/a" for r in rows) and all(float(r["PSNR"]) > 0 for r in rows)
     strict = run("bench.py", *args, "--strict_metrics", "true", env=env, check=False)
-    assert strict.returncode != 0 and "LPIPS" in strict.stderr
+    assert strict.returncode == 2 and "error: " in strict.stderr and "LPIPS" in strict.stderr
+    assert "Traceback" not in strict.stderr
 
 
 def test_infer_sizes_names_rerun_and_bad_files(trained, tmp_path):

@@ -134,8 +134,9 @@ class RuntimeHparams:
     seed: int = 42
     """Seed for Python, NumPy, torch and the data-loader workers."""
     compile: bool = False
-    """torch.compile the enhancer (inductor). The first image size compiles, the second recompiles
-    once with symbolic height and width; later sizes reuse that graph."""
+    """torch.compile the enhancer (inductor). valid/bench/infer: the first image size compiles, the
+    second recompiles once with symbolic height and width, and later sizes reuse a few graphs.
+    train: static shapes (the crop size; validation compiles one graph per image size, up to 8)."""
 
     def __post_init__(self) -> None:
         _check(

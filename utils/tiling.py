@@ -186,7 +186,7 @@ def _out_of_memory_error(height: int, width: int, tile: int | None, min_tile: in
     suggestion = max((tile or max(height, width)) // 2, 1)
     return RuntimeError(
         f"out of memory enhancing a {height}x{width} image {tried} (retries stop at {min_tile}px tiles); "
-        f"pass a smaller --tile (e.g. --tile {suggestion}, with a smaller --overlap), or use a device "
+        f"pass a smaller --tile (e.g. --tile {suggestion}, with a smaller --tile_overlap), or use a device "
         "with more free memory"
     )
 

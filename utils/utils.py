@@ -82,17 +82,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def run_main(main, hparams) -> None:
     """Run a script's ``main``. Known failures become one ``error:`` line instead of a traceback:
-    bad data, settings, checkpoints, a non-finite training step or an incomplete bench exit with
-    status 2, an ``OSError`` (a full disk, a permission) with status 1."""
+    bad data, settings, checkpoints, a non-finite training step, an incomplete bench or a metric
+    that ``--strict_metrics`` requires but cannot compute exit with status 2, an ``OSError`` (a
+    full disk, a permission) with status 1."""
     from data.utils import DataError
     from engine.engine import EngineError
     from engine.predict import BenchError
     from model.model import CheckpointError, NonFiniteError
+    from utils.metrics import MetricUnavailableError
 
     setup_logging()
     try:
         main(hparams)
-    except (DataError, EngineError, CheckpointError, NonFiniteError, BenchError) as error:
+    except (
+        DataError,
+        EngineError,
+        CheckpointError,
+        NonFiniteError,
+        BenchError,
+        MetricUnavailableError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:
