@@ -61,9 +61,14 @@ def smooth_image(height: int, width: int, seed: int = 0) -> Tensor:
     return quantize_8bit(image)
 
 
-@pytest.fixture(scope="module")
-def lol_pair() -> tuple[np.ndarray, np.ndarray]:
-    """LOLv1 pair 778 as (H, W, 3) uint8 arrays (low, high)."""
+@pytest.fixture(scope="module", params=["LOLv1-778", "synthetic"])
+def lol_pair(request) -> tuple[np.ndarray, np.ndarray]:
+    """LOLv1 pair 778 (skipped where ../shared is absent), and a synthetic dark/bright pair that is
+    always there, as (H, W, 3) uint8 arrays (low, high)."""
+    if request.param == "synthetic":
+        high = (smooth_image(96, 128, seed=3)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        noise = np.random.default_rng(0).normal(0, 3, high.shape)
+        return np.clip(np.round(high * 0.25 + noise), 0, 255).astype(np.uint8), high
     low_path, high_path = LOL / "low" / "778.png", LOL / "high" / "778.png"
     if not (low_path.is_file() and high_path.is_file()):
         pytest.skip(f"LOL pair not found under {LOL} (CI copies shared/ beside the clone)")

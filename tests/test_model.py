@@ -263,6 +263,21 @@ def test_tiles_share_the_whole_image_attention(self_ensemble, size):
     assert enhance._shared is None  # the shared matrices are dropped after the image
 
 
+def test_channel_attention_does_not_overflow_under_fp16_autocast():
+    """--precision 16-mixed: q^T k sums H * W products, past fp16's 65504 at LOL's size, and the
+    softmax made the whole output NaN; the attention normalises q and k first under half precision."""
+    torch.manual_seed(0)
+    layer = ChannelAttention(16, 2).eval()
+    x = torch.randn(1, 16, 96, 96) * 30  # large activations, as a trained network has at 600x400
+    with torch.no_grad():
+        reference = layer(x)
+        for dtype in (torch.float16, torch.bfloat16):
+            with torch.autocast("cpu", dtype=dtype):
+                half = layer(x).float()
+            assert torch.isfinite(half).all(), dtype
+            assert (half - reference).abs().max() < 0.05 * reference.abs().max(), dtype
+
+
 def test_sqrt_input_feeds_the_square_root_to_the_decoder():
     torch.manual_seed(0)
     on, off = tiny_enhancer(sqrt_input=True).eval(), tiny_enhancer(sqrt_input=False).eval()

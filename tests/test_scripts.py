@@ -338,7 +338,7 @@ def test_print_config_and_config_round_trip(tmp_path):
     ("args", "message"),
     [
         (["--kernel_size", "4"], "kernel_size must be a positive odd number"),
-        (["--image_size", "abc"], "image_size"),
+        (["--image_size", "abc"], "Parser key \"image_size\":\n  Expected a <class 'int'>. Got value: abc"),
         (["--precision", "12"], "precision must be one of"),
         (["--embed_dim", "10", "--num_heads", "3"], "multiple of num_heads"),
         (["--devices", "0"], "devices must be a count"),

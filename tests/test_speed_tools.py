@@ -75,7 +75,7 @@ def test_speed_report_quick_writes_every_field(tmp_path):
     for model in ("illrecnet", "yardstick"):
         assert report[model]["params"] > 0
         assert len(report[model]["gmacs"]) == 2 and all(v > 0 for v in report[model]["gmacs"].values())
-        assert report["peak_memory"][model]["bytes"] >= 0
+        assert report["peak_memory"][model]["bytes"] > 1e6  # a forward's activations, measured in a worker
     assert len(report["latency"]) == 2
     for entry in (*report["latency"].values(), report["train_step"]):
         assert entry["illrecnet_s"] > 0 and entry["yardstick_s"] > 0 and entry["ratio"] > 0

@@ -71,6 +71,9 @@ def test_params_range_validation(field: str, value: object) -> None:
 def test_srgb_round_trip() -> None:
     x = np.linspace(0, 1, 101)
     assert np.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-9)
+    # IEC 61966-2-1 values, so a wrong curve used both ways cannot pass
+    assert np.allclose(srgb_to_linear(np.array([0.5, 0.04045, 1.0])), [0.214041, 0.0031308, 1.0], atol=1e-6)
+    assert np.allclose(linear_to_srgb(np.array([0.1, 0.0031308, 0.0])), [0.349190, 0.04045, 0.0], atol=1e-5)
 
 
 def test_synthesize_low_is_dark_noisy_uint8() -> None:
@@ -105,7 +108,7 @@ def test_exposure_range_is_respected() -> None:
         color_cast=0,
     )
     low = synthesize_low(white, image_rng(0, "w.png"), params)
-    assert abs(low.mean() / 255 - linear_to_srgb(np.array(0.1))) < 0.01
+    assert abs(low.mean() / 255 - 0.3492) < 0.01  # sRGB of linear 0.1
 
 
 def test_synthesize_low_rejects_bad_input() -> None:

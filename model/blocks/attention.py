@@ -105,10 +105,18 @@ class ChannelAttention(nn.Module):
         """Queries and keys ``(B, C, H, W)`` -> attention matrix ``(B, C, C)``, zero across heads."""
         c = q.shape[1]
         q, k = to_pixels(q), to_pixels(k)  # 2 x (B, HW, C)
-        norm_q, norm_k = torch.linalg.vector_norm(q, dim=1), torch.linalg.vector_norm(k, dim=1)  # (B, C)
-        cosine = (q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :]).clamp_min(
-            1e-12
-        )  # (B, C, C)
+        if q.dtype in (torch.float16, torch.bfloat16):
+            # Each entry of q^T k sums H * W products: at LOL's 600x400 it passes fp16's 65504 and the
+            # softmax turns the inf into NaN. Normalised first (norms in fp32), every entry is a cosine.
+            norm_q = torch.linalg.vector_norm(q, dim=1, keepdim=True, dtype=torch.float32)  # (B, 1, C)
+            norm_k = torch.linalg.vector_norm(k, dim=1, keepdim=True, dtype=torch.float32)
+            q, k = q / norm_q.clamp_min(1e-12), k / norm_k.clamp_min(1e-12)
+            cosine = q.transpose(1, 2) @ k  # (B, C, C), in [-1, 1]
+        else:  # fp32: normalise the small C x C product instead of the two (HW, C) maps (faster)
+            norm_q, norm_k = torch.linalg.vector_norm(q, dim=1), torch.linalg.vector_norm(k, dim=1)  # (B, C)
+            cosine = (q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :]).clamp_min(
+                1e-12
+            )  # (B, C, C)
         scale = self.temperature.repeat_interleave(c // self.num_heads, dim=0).view(c, 1)
         return torch.softmax(cosine * scale + self.head_mask, dim=-1)
 
