@@ -191,6 +191,15 @@ def test_gt_mean_rescale_and_separate_columns() -> None:
     assert scores["PSNR"] < 15 < 40 < scores["PSNR_GTmean"]
     assert scores["PSNR"] == pytest.approx(psnr(dark, target).item())  # plain column is not rescaled
     assert gt_mean_rescale(torch.zeros(1, 3, 4, 4), target[..., :4, :4]).abs().max() == 0  # black stays black
+    # The published protocol matches the grey (BT.601 luma) mean, not the RGB mean: a colour cast
+    # makes them differ. Reference: the luma mean of the rescaled output equals the target's.
+    reference = quantize_8bit(target * 0.5)  # dark enough that no rescaled channel clips
+    tinted = quantize_8bit(reference * torch.tensor([0.5, 0.9, 1.4]).view(1, 3, 1, 1))
+    luma = lambda x: (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean().item()  # noqa: E731
+    assert luma(gt_mean_rescale(tinted, reference)) == pytest.approx(luma(reference), rel=1e-5)
+    rgb = gt_mean_rescale(tinted, reference, luma=False)
+    assert rgb.mean().item() == pytest.approx(reference.mean().item(), rel=1e-5)
+    assert abs(luma(rgb) - luma(reference)) > 0.01  # the two definitions really differ here
     assert list(BenchScorer(["psnr"], gt_mean=False).score(dark, target)) == ["PSNR"]
 
 

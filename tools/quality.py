@@ -15,8 +15,9 @@ scores them on the same held-out pairs, once per seed of ``--seeds`` (scores are
 - **Scores.** RGB PSNR and SSIM (:mod:`utils.metrics`: pyiqa ``psnr`` / ``ssimc``) of the output
   clamped and rounded to 8 bits against the 8-bit reference, averaged over the held-out pairs; and,
   in its own column, PSNR after the GT-mean rescale (the output scaled by ``mean(target) /
-  mean(output)``), which shows how much of the error is the global brightness: the exposure of a
-  dark photo is ambiguous (a dark scene or an under-exposed one), for every model alike.
+  mean(output)``, means over RGB; bench.py's columns use the grey-level mean), which shows how
+  much of the error is the global brightness: the exposure of a dark photo is ambiguous (a dark
+  scene or an under-exposed one), for every model alike.
 
 Prints a Markdown table (PSNR, SSIM, the final training L1, training time of each model, and the
 identity baseline: the dark input itself), the gain over the yardstick per seed, and writes JSON
@@ -219,7 +220,7 @@ def evaluate(model: nn.Module | None, pairs: list[tuple[str, Tensor, Tensor]]) -
     per_image = {}
     for name, low, high in pairs:
         out = quantize_8bit(low if model is None else model(low.to(device)).cpu())
-        rescaled = quantize_8bit(gt_mean_rescale(out, high))
+        rescaled = quantize_8bit(gt_mean_rescale(out, high, luma=False))  # mean over RGB, as recorded
         per_image[name] = {
             "psnr": float(psnr(out, high)),
             "ssim": float(ssim(out, high)),

@@ -77,8 +77,9 @@ PROTOCOL: dict[str, str] = {
     "gaussian_weights=True, sigma=1.5, use_sample_covariance=False) except that pyiqa clips negative "
     "contrast-structure terms to 0 (differences <= 6e-5 measured on LOLv1 pair 778)",
     "GT-mean": "PSNR_GTmean and SSIM_GTmean only: the quantized output is multiplied by "
-    "mean(target)/mean(output), each mean over all channels and pixels of that image, then clamped to "
-    "[0,1] and rounded to 8 bits again; PSNR and SSIM columns never use it",
+    "mean(target)/mean(output), each the mean over the image's pixels of the BT.601 luma "
+    "0.299R+0.587G+0.114B (OpenCV's RGB2GRAY, the grey mean of KinD-style GT-mean evaluation), then "
+    "clamped to [0,1] and rounded to 8 bits again; PSNR and SSIM columns never use it",
     "LPIPS": "pyiqa 'lpips' (AlexNet, v0.1), inputs in [0,1]; n/a when its weights are not cached",
     "NIQE": "pyiqa 'niqe' (Y channel) with LIVE's niqe_modelparameters.mat, on the enhanced image",
     "BRISQUE": "pyiqa 'brisque' (Y channel) with LIVE's SVR (brisque_svm_weights.pth), on the enhanced image",
@@ -88,7 +89,7 @@ PROTOCOL: dict[str, str] = {
 PROTOCOL_SUMMARY = (
     f"RGB; output clamped to [0,1] and rounded to 8 bits; PSNR eps {PSNR_EPS:g} "
     f"(identical = {PSNR_IDENTICAL_DB:.0f} dB); SSIM = pyiqa ssimc (Gaussian 11/1.5, mean over RGB); "
-    "*_GTmean columns scale the output by mean(GT)/mean(output) first"
+    "*_GTmean columns scale the output by mean(GT)/mean(output) of the BT.601 luma first"
 )
 """One line for table headers; `PROTOCOL` has the full text."""
 
@@ -98,17 +99,29 @@ def quantize_8bit(x: Tensor) -> Tensor:
     return x.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
 
 
-def gt_mean_rescale(pred: Tensor, target: Tensor) -> Tensor:
-    """GT-mean protocol: scale each image so its mean matches the ground truth's.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma of RGB (OpenCV's RGB2GRAY): the grey level whose mean the GT-mean protocol
+matches in the evaluation scripts of KinD and the LLIE papers that follow it."""
 
-    pred, target: (B, C, H, W). Both are clamped to [0, 1]; each prediction is multiplied by
-    mean(target) / mean(pred), the means over all channels and pixels of that image, and the result is
-    clamped to [0, 1] again. An all-black prediction stays black. Returns (B, C, H, W).
+
+def gt_mean_rescale(pred: Tensor, target: Tensor, luma: bool = True) -> Tensor:
+    """GT-mean protocol: scale each image so its mean grey level matches the ground truth's.
+
+    pred, target: (B, 3, H, W) (``luma=False``: any C). Both are clamped to [0, 1]; each prediction
+    is multiplied by mean(target) / mean(pred), the means of the BT.601 luma over the image's pixels
+    (as published GT-mean numbers are computed), or with ``luma=False`` over all channels and pixels
+    (``tools.quality``'s brightness diagnostic), and the result is clamped to [0, 1] again. An
+    all-black prediction stays black. Returns (B, C, H, W).
     """
     pred, target = pred.clamp(0.0, 1.0), target.clamp(0.0, 1.0)
-    pred_mean = pred.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    target_mean = target.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return (pred * (target_mean / pred_mean.clamp_min(1e-12))).clamp(0.0, 1.0)
+
+    def mean(x: Tensor) -> Tensor:  # (B, 1, 1, 1)
+        if not luma:
+            return x.mean(dim=(1, 2, 3), keepdim=True)
+        weights = x.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+
+    return (pred * (mean(target) / mean(pred).clamp_min(1e-12))).clamp(0.0, 1.0)
 
 
 def _pyiqa_arch(name: str, **overrides: object) -> torch.nn.Module:
