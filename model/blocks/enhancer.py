@@ -9,7 +9,8 @@
    resolution of its expanding path (and at the bottleneck) it cross-attends to the context map
    brought to that resolution; skip connections join the contracting and expanding paths. A
    sub-pixel layer brings the last features to full resolution and a 3x3 convolution there
-   predicts a residual that is added to the input image.
+   predicts a residual that is added to the input image (its bias starts at
+   ``OUTPUT_BIAS_INIT``, a brightening offset).
 
 All attention is channel attention (:mod:`model.blocks.attention`), so cost is linear in the
 number of pixels. Features live at half resolution (a patch embedding equal to pixel-unshuffle + conv) and the
@@ -30,6 +31,12 @@ from model.blocks.separation import Separation
 HEAD_CHANNELS = 16
 """Width of the full-resolution output head; measured with ``tools.quality`` (README), it adds
 about 0.8 dB PSNR and 0.02 SSIM over a sub-pixel output layer for 2 % of the parameters."""
+
+OUTPUT_BIAS_INIT = 0.25
+"""Initial bias of the last convolution: the network starts by brightening every pixel by 0.25
+(a low-light pair's mean residual is positive; 0.30 over the synthetic training pairs of
+``tools.quality``) instead of learning that offset from a zero-mean start. Over ten seeds of
+``tools.quality``: +0.35 dB PSNR (standard error 0.13, higher on 8 of 10) and +0.011 SSIM."""
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -101,6 +108,7 @@ class Decoder(nn.Module):
         # each 2x2 block of output pixels from one feature vector, which leaves blocking artefacts.
         self.head = PatchUnembed(dims[0], HEAD_CHANNELS)  # (B, HEAD_CHANNELS, H, W)
         self.out = nn.Conv2d(HEAD_CHANNELS, channels, kernel_size=3, padding=1)
+        nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
 
     def forward(self, image: Tensor, context: Tensor) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``."""
