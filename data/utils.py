@@ -167,16 +167,13 @@ def _pair_sub_dataset(
     low_dir, high_dir = sub / "low", sub / "high"
     if not low_dir.is_dir():
         return [], [f"missing folder {low_dir} (sub-dataset {label})"]
-    if not use_high:  # inference: high/ is never read, so it is not checked either
-        lows, problems = _index_folder(low_dir)
-        pairs = [ImagePair(lows[k], None, sub.name, lows[k].name) for k in lows]
-        return pairs, problems + ([] if pairs else [f"no images in {label}"])
-    has_high = high_dir.is_dir()
+    has_high = use_high and high_dir.is_dir()  # inference never reads high/, so it is not checked
     if require_high and not has_high:
         return [], [f"missing folder {high_dir} (sub-dataset {label})"]
     lows, problems = _index_folder(low_dir)
     if not has_high:
-        log.info("%s has no high/ folder: no-reference use only (full-reference metrics skipped)", label)
+        if use_high:
+            log.info("%s has no high/ folder: no-reference use only (full-reference metrics skipped)", label)
         pairs = [ImagePair(lows[k], None, sub.name, lows[k].name) for k in lows]
         return pairs, problems + ([] if pairs else [f"no images in {label}"])
     highs, high_problems = _index_folder(high_dir)

@@ -364,16 +364,13 @@ def collect_inputs(infer_data_path: str, input_path: str | None) -> list[tuple[s
         return [(_dataset_name(root.parent), root)]
     if not root.is_dir():
         raise DataError(f"inference input not found: {root}")
-    if input_path and (root / "low").is_dir():
-        files = list_images(root / "low")
+    sub_dataset = (root / "low").is_dir()
+    if input_path and (sub_dataset or not any((p / "low").is_dir() for p in root.iterdir() if p.is_dir())):
+        folder = root / "low" if sub_dataset else root
+        files = list_images(folder)
         if not files:
-            raise DataError(f"no images in {root / 'low'}")
-        return [(_dataset_name(root), f) for f in files]
-    if input_path and not any((p / "low").is_dir() for p in root.iterdir() if p.is_dir()):
-        files = list_images(root)
-        if not files:
-            raise DataError(f"no images in {root}")
-        return [(_dataset_name(root), f) for f in files]
+            raise DataError(f"no images in {folder}")
+        return [(_dataset_name(folder), f) for f in files]
     pairs: dict[str, list[ImagePair]] = scan_split(root, require_high=False, use_high=False)
     return [(dataset, pair.low) for dataset, group in pairs.items() for pair in group]
 

@@ -86,7 +86,7 @@ class LowLightEnhancerLightning(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = Enhancer(**{name: self.hparams[name] for name in ENHANCER_ARGS})
+        self.model = self._build_enhancer()
         self.loss = MaeMseLoss(mae_weight, mse_weight)
         # Per-image means accumulated as (sum, count) and summed across ranks at the epoch end, so
         # DDP shards of unequal size still give the exact mean over the split.
@@ -96,6 +96,10 @@ class LowLightEnhancerLightning(L.LightningModule):
         self._skip_step = False
         self.skipped_nonfinite = 0
         """Steps skipped by ``skip_nonfinite`` (saved in checkpoints, logged as train/skipped_nonfinite)."""
+
+    def _build_enhancer(self) -> Enhancer:
+        """The :class:`Enhancer` these hyper-parameters describe."""
+        return Enhancer(**{name: self.hparams[name] for name in ENHANCER_ARGS})
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> enhanced ``(B, 3, H, W)`` (not clamped)."""
@@ -167,8 +171,7 @@ class LowLightEnhancerLightning(L.LightningModule):
         if legacy:
             self.hparams.update(legacy)
             weight = next(self.model.parameters())
-            enhancer = Enhancer(**{name: self.hparams[name] for name in ENHANCER_ARGS})
-            self.model = enhancer.to(device=weight.device, dtype=weight.dtype)
+            self.model = self._build_enhancer().to(device=weight.device, dtype=weight.dtype)
 
     def _log_train_losses(self, losses: dict[str, Tensor], batch_size: int) -> None:
         """Per step and per epoch (rank-local; validation values are the synced ones)."""
