@@ -53,7 +53,7 @@ def main(hp: BenchHparams) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     from engine.engine import LightningEngine
-    from engine.runner import new_run_dir
+    from engine.runner import discard_if_unused, new_run_dir
     from model.model import load_checkpoint
 
     engine = LightningEngine.from_hparams(hp)
@@ -73,6 +73,10 @@ def main(hp: BenchHparams) -> None:
             checkpoint_path=hp.checkpoint_path,
             logger=writer,
         )
+    except BaseException:  # a failed run (bad data, a --strict_metrics error) leaves no empty folder
+        writer.close()
+        discard_if_unused(out_dir)
+        raise
     finally:
         writer.close()
     print(f"\n{result.tables}\nwritten: {out_dir / 'bench.csv'}, {out_dir / 'bench.json'}")

@@ -81,6 +81,21 @@ def new_run_dir(experiment_dir: Path) -> Path:
             continue
 
 
+def discard_if_unused(run_dir: Path) -> bool:
+    """Remove ``run_dir`` (and return True) when a run failed before writing anything but TensorBoard
+    event files, so a failed ``bench.py`` leaves no empty ``version_<N>`` behind; a folder holding any
+    other file (a partial table, saved images) is kept as it is."""
+    files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+    if any(not p.name.startswith("events.out.tfevents.") for p in files):
+        return False
+    for path in files:
+        path.unlink()
+    for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        folder.rmdir()
+    run_dir.rmdir()
+    return True
+
+
 def latest_run_dir(experiment_dir: Path) -> Path | None:
     """The newest ``version_<N>`` folder that holds a checkpoint or a finished session, or None.
     Newer folders without either (a run that failed before its first checkpoint, e.g. on bad data)

@@ -43,6 +43,7 @@ from engine.predict import BenchError, Enhance, run_bench, run_infer
 from engine.runner import (
     RUN_DIR_ENV,
     TrainingInterrupted,
+    discard_if_unused,
     new_run_dir,
     resolve_run_dir,
     resume_command,
@@ -941,6 +942,17 @@ def test_fault_38_infer_killed_midway_leaves_no_partial_file_and_a_rerun_complet
     for name in ("0.png", "1.png", "2.png"):
         with Image.open(out / name) as image:
             image.load()
+
+
+def test_failed_run_folder_removed_only_when_it_holds_nothing_but_events(tmp_path) -> None:
+    empty = new_run_dir(tmp_path / "exp")
+    (empty / "events.out.tfevents.1.host").write_bytes(b"x")
+    assert discard_if_unused(empty) and not empty.exists()
+    partial = new_run_dir(tmp_path / "exp")
+    (partial / "events.out.tfevents.2.host").write_bytes(b"x")
+    (partial / "images").mkdir()
+    (partial / "images" / "a.png").write_bytes(b"png")
+    assert not discard_if_unused(partial) and (partial / "images" / "a.png").read_bytes() == b"png"
 
 
 def test_fault_39_runs_never_share_output_folders(tmp_path) -> None:

@@ -275,6 +275,8 @@ def test_bench_lpips_offline_is_na_not_zero(trained, tmp_path):
     strict = run("bench.py", *args, "--strict_metrics", "true", env=env, check=False)
     assert strict.returncode == 2 and "error: " in strict.stderr and "LPIPS" in strict.stderr
     assert "Traceback" not in strict.stderr
+    # the failed run leaves no empty version_1 behind (only the finished version_0)
+    assert [p.name for p in (tmp_path / "b").glob("*/version_*")] == ["version_0"]
 
 
 def test_infer_sizes_names_rerun_and_bad_files(trained, tmp_path):
