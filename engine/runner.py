@@ -90,7 +90,8 @@ def discard_if_unused(run_dir: Path) -> bool:
         return False
     for path in files:
         path.unlink()
-    for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    folders = sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
+    for folder in reversed(folders):  # deepest first
         folder.rmdir()
     run_dir.rmdir()
     return True
