@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.quality import QualityHparams, SyntheticPairs, holdout_pairs
+from tools.quality import QualityHparams, SyntheticPairs, gain_interval, holdout_pairs
 from tools.quality import main as quality_main
 from tools.speed_report import TARGETS, compare, interleaved, markdown
 from tools.yardstick import YardstickUNet
@@ -134,6 +134,9 @@ def test_quality_runs_end_to_end(tmp_path):
     gains = saved["target"]["psnr_gain_per_seed"]
     assert sum(gains) / 2 == pytest.approx(saved["target"]["psnr_gain_db"])
     assert f"per seed {gains[0]:+.2f} / {gains[1]:+.2f}" in saved["markdown"]
+    low, high = saved["target"]["psnr_gain_ci95"]  # two seeds: t(0.975, 1 dof) = 12.706
+    assert high - low == pytest.approx(2 * 12.706 * abs(gains[0] - gains[1]) / 2, rel=1e-4)
+    assert f"95 % interval {low:+.2f} to {high:+.2f}" in saved["markdown"]
     assert f"| {saved['models']['yardstick']['final_l1']:.4f} |" in saved["markdown"]
     assert saved["recipe"]["steps"] == 3 and saved["train_photos"] == 10
     assert saved["machine"] == "CPU, 2 threads"
@@ -142,6 +145,19 @@ def test_quality_runs_end_to_end(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             QualityHparams(device="cuda")
+
+
+def test_gain_interval_over_seeds():
+    # the ten per-seed gains of the README's default (CPU): mean +3.37, 95 % interval 2.99 to 3.76
+    gains = [3.47, 2.85, 3.30, 4.32, 2.86, 3.05, 3.01, 3.43, 4.29, 3.15]
+    spread = gain_interval(gains)
+    sd = (sum((g - 3.373) ** 2 for g in gains) / 9) ** 0.5
+    assert spread["mean"] == pytest.approx(3.373)
+    assert spread["se"] == pytest.approx(sd / 10**0.5)
+    half = 2.2622 * spread["se"]  # Student's t(0.975) with 9 degrees of freedom
+    assert spread["ci95"] == pytest.approx([3.373 - half, 3.373 + half], abs=1e-3)
+    assert [round(v, 2) for v in spread["ci95"]] == [2.99, 3.76]
+    assert gain_interval([3.0]) == {"mean": 3.0, "se": None, "ci95": None}
 
 
 def test_quality_cli_help():

@@ -20,7 +20,8 @@ scores them on the same held-out pairs, once per seed of ``--seeds`` (scores are
   scene or an under-exposed one), for every model alike.
 
 Prints a Markdown table (PSNR, SSIM, the final training L1, training time of each model, and the
-identity baseline: the dark input itself), the gain over the yardstick per seed, and writes JSON
+identity baseline: the dark input itself), the gain over the yardstick per seed (with two seeds or
+more also its standard error and 95 % interval, Student's t over the seeds), and writes JSON
 atomically. The final training L1 (the last 50 steps, on the batches every model of a seed shares)
 is the low-noise signal of how well a variant fits; the held-out PSNR of one run also carries the
 luck of its initialisation in guessing the exposure of unseen photos (about 1 dB). The target:
@@ -260,8 +261,12 @@ def markdown(results: dict) -> str:
     if "target" in results:
         t = results["target"]
         per_seed = " / ".join(f"{g:+.2f}" for g in t["psnr_gain_per_seed"])
+        spread = ""
+        if t["psnr_gain_se"] is not None:
+            low, high = t["psnr_gain_ci95"]
+            spread = f"standard error {t['psnr_gain_se']:.2f}, 95 % interval {low:+.2f} to {high:+.2f}; "
         text += (
-            f"\nIllRecNet - yardstick: {t['psnr_gain_db']:+.2f} dB PSNR (per seed {per_seed}; "
+            f"\nIllRecNet - yardstick: {t['psnr_gain_db']:+.2f} dB PSNR ({spread}per seed {per_seed}; "
             f"target >= +{PSNR_MARGIN_DB}), {t['ssim_gain']:+.4f} SSIM (target > 0): "
             f"{'PASS' if t['pass'] else 'FAIL'}\n"
         )
@@ -300,6 +305,19 @@ def summarize(runs: list[dict], models: list[str]) -> tuple[dict, dict]:
     return dark_input, summary
 
 
+def gain_interval(gains: list[float]) -> dict:
+    """Mean, standard error and 95 % confidence interval (Student's t over the seeds) of per-seed
+    gains; one seed gives no spread, so its error and interval are None."""
+    from scipy import stats
+
+    n, mean = len(gains), float(np.mean(gains))
+    if n < 2:
+        return {"mean": mean, "se": None, "ci95": None}
+    se = float(np.std(gains, ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    return {"mean": mean, "se": se, "ci95": [mean - half, mean + half]}
+
+
 def get_hparams() -> QualityHparams:
     return QualityHparams()
 
@@ -327,9 +345,12 @@ def main(hp: QualityHparams) -> dict:
         ill, yard = models["illrecnet"], models["yardstick"]
         gain, ssim_gain = ill["psnr"] - yard["psnr"], ill["ssim"] - yard["ssim"]
         gains = [i - y for i, y in zip(ill["psnr_per_seed"], yard["psnr_per_seed"], strict=True)]
+        spread = gain_interval(gains)
         results["target"] = {
             "psnr_gain_db": gain,
             "psnr_gain_per_seed": gains,
+            "psnr_gain_se": spread["se"],
+            "psnr_gain_ci95": spread["ci95"],
             "ssim_gain": ssim_gain,
             "pass": gain >= PSNR_MARGIN_DB and ssim_gain > 0,
         }
