@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 
 from utils.hparams import RuntimeHparams, TileHparams, check_all_groups
-from utils.utils import parse_hparams, run_main
+from utils.utils import log, parse_hparams, run_main
 
 
 @dataclass
@@ -75,7 +75,10 @@ def main(hp: BenchHparams) -> None:
         )
     except BaseException:  # a failed run (bad data, a --strict_metrics error) leaves no empty folder
         writer.close()
-        discard_if_unused(out_dir)
+        try:
+            discard_if_unused(out_dir)
+        except OSError:  # never let the clean-up hide the error that stopped the run
+            log.debug("could not remove %s", out_dir, exc_info=True)
         raise
     finally:
         writer.close()

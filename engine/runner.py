@@ -84,8 +84,8 @@ def new_run_dir(experiment_dir: Path) -> Path:
 def discard_if_unused(run_dir: Path) -> bool:
     """Remove ``run_dir`` (and return True) when a run failed before writing anything but TensorBoard
     event files, so a failed ``bench.py`` leaves no empty ``version_<N>`` behind; a folder holding any
-    other file (a partial table, saved images) is kept as it is."""
-    files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+    other file or link (a partial table, saved images) is kept as it is."""
+    files = [p for p in run_dir.rglob("*") if p.is_symlink() or not p.is_dir()]
     if any(not p.name.startswith("events.out.tfevents.") for p in files):
         return False
     for path in files:

@@ -953,6 +953,11 @@ def test_failed_run_folder_removed_only_when_it_holds_nothing_but_events(tmp_pat
     (partial / "images").mkdir()
     (partial / "images" / "a.png").write_bytes(b"png")
     assert not discard_if_unused(partial) and (partial / "images" / "a.png").read_bytes() == b"png"
+    linked = new_run_dir(tmp_path / "exp")  # a link is kept, and never followed
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "events.out.tfevents.3.host").write_bytes(b"x")
+    (linked / "out").symlink_to(tmp_path / "outside", target_is_directory=True)
+    assert not discard_if_unused(linked) and (tmp_path / "outside" / "events.out.tfevents.3.host").exists()
 
 
 def test_fault_39_runs_never_share_output_folders(tmp_path) -> None:
