@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -88,12 +89,7 @@ def discard_if_unused(run_dir: Path) -> bool:
     files = [p for p in run_dir.rglob("*") if p.is_symlink() or not p.is_dir()]
     if any(not p.name.startswith("events.out.tfevents.") for p in files):
         return False
-    for path in files:
-        path.unlink()
-    folders = sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
-    for folder in reversed(folders):  # deepest first
-        folder.rmdir()
-    run_dir.rmdir()
+    shutil.rmtree(run_dir)  # event files and folders only: no link left to follow
     return True
 
 

@@ -164,9 +164,11 @@ def devices_ok(devices: object) -> bool:
         return bool(devices) and len(indices) == len(devices) == len(set(devices))
     if isinstance(devices, str):
         text = devices.strip()
-        if text == "auto" or re.fullmatch(r"-1|\d+", text):
-            return text == "auto" or int(text) != 0
-        return re.fullmatch(r"\d+(,\d+)*,?", text) is not None
+        if text == "auto":
+            return True
+        if re.fullmatch(r"-1|\d+", text):  # a count, as a string
+            return int(text) != 0
+        return re.fullmatch(r"\d+(,\d+)*,?", text) is not None  # indices: '0,1' or '2,'
     return False
 
 
