@@ -11,6 +11,7 @@ from torch._dynamo.utils import counters
 from engine.engine import LightningEngine
 from model.blocks.enhancer import Enhancer
 from model.model import LowLightEnhancerLightning
+from tools.speed_report import compile_for_training
 
 torch.set_num_threads(2)
 
@@ -57,6 +58,32 @@ def test_compiled_training_step_matches_eager():
     for name in grads_e:
         torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-3, atol=1e-4, msg=name)
     torch.testing.assert_close(after_c, after_e, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_speed_report_compiles_training_after_dynamic_inference():
+    """``tools.speed_report --compile true`` times inference at two sizes (height and width become
+    symbolic) before the training step. Compiled that way, inductor failed on the backward; the
+    report recompiles with static sizes (``compile_for_training``), and the step matches eager."""
+    compiled, eager = small_pair()
+    compiled.eval()
+    with torch.no_grad():
+        for h, w in [(40, 48), (56, 72)]:
+            compiled(torch.rand(1, 3, h, w))
+    compile_for_training([compiled])
+    low, high = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    losses = []
+    for model in (compiled, eager):
+        model.train()
+        loss = F.l1_loss(model(low), high)
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        losses.append((loss.detach(), grads))
+    (loss_c, grads_c), (loss_e, grads_e) = losses
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-5)
+    assert grads_c.keys() == grads_e.keys() and grads_e
+    for name in grads_e:
+        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
 @pytest.mark.slow

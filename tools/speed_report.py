@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,7 +82,8 @@ class SpeedHparams:
     """Tiny sizes and one repetition: checks that the report runs, not how fast anything is."""
     compile: bool = False
     """torch.compile both models before timing (compilation happens in the warm-up rounds; MACs and
-    the peak-memory subprocesses stay eager)."""
+    the peak-memory subprocesses stay eager). Inference compiles with dynamo's automatic dynamic
+    sizes, the training step with static ones, as valid/infer and train.py do."""
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -374,6 +375,19 @@ def _done(what: str, times: dict) -> None:
     )
 
 
+def compile_for_training(models: Iterable[nn.Module]) -> None:
+    """Recompile models that inference compiled, with static sizes for the training step.
+
+    Two inference sizes make dynamo mark height and width dynamic, and inductor cannot compile
+    this network's backward with symbolic sizes in torch 2.14.1 ("cannot determine truth value of
+    Relational"). train.py compiles training with static shapes too (``LightningEngine.compiled``);
+    here the inference graphs and dynamo's size history are forgotten first.
+    """
+    torch._dynamo.reset()
+    for model in models:
+        model.compile(dynamic=False)
+
+
 def measure(hp: SpeedHparams) -> dict:
     """Run every measurement; returns the JSON-ready report."""
     torch.set_num_threads(hp.threads)
@@ -427,6 +441,8 @@ def measure(hp: SpeedHparams) -> dict:
     print("timing training steps (interleaved) ...", file=sys.stderr)
     for model in models.values():
         model.train()
+    if hp.compile:
+        compile_for_training(models.values())
     fns = {
         name: train_step_fn(model, sizes.crop, sizes.batch, device, hp.fused_adamw)
         for name, model in models.items()
