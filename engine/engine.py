@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from engine.predict import Enhance, run_bench, run_infer
-from utils.hparams import first_device_index
+from utils.hparams import check_compile_mode, first_device_index
 from utils.utils import atomic_write_bytes, log
 
 MONITOR = "valid/3_total"
@@ -51,6 +51,7 @@ class LightningEngine:
         seed: ``seed_everything(seed, workers=True)`` is called before every stage.
         deterministic: ``torch.use_deterministic_algorithms`` through the Trainer.
         compile: ``torch.compile`` the enhancer before every stage (:meth:`compiled`).
+        compile_mode: ``torch.compile``'s mode (``reduce-overhead``: CUDA graphs on a GPU).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class LightningEngine:
         seed: int = 42,
         deterministic: bool = False,
         compile: bool = False,
+        compile_mode: str = "default",
     ) -> None:
         self.accelerator = accelerator
         self.devices = devices
@@ -72,6 +74,8 @@ class LightningEngine:
         self.seed = seed
         self.deterministic = deterministic
         self.compile = compile
+        self.compile_mode = compile_mode
+        check_compile_mode(compile, compile_mode)
         _check_accelerator(accelerator)
 
     @classmethod
@@ -87,6 +91,7 @@ class LightningEngine:
             "seed",
             "deterministic",
             "compile",
+            "compile_mode",
         )
         return cls(**{**{n: getattr(hp, n) for n in names if hasattr(hp, n)}, **overrides})
 
@@ -104,7 +109,7 @@ class LightningEngine:
         """
         target = getattr(module, "model", module)
         if self.compile and getattr(target, "_compiled_call_impl", None) is None:
-            target.compile(dynamic=False if training else None)
+            target.compile(dynamic=False if training else None, mode=self.compile_mode)
         return module
 
     def trainer(

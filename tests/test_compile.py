@@ -125,7 +125,56 @@ def test_engine_compiles_the_enhancer_in_place_and_checkpoints_keep_their_keys()
 def test_engine_from_hparams_takes_the_runtime_fields():
     from train import TrainHparams
 
-    hp = TrainHparams(accelerator="cpu", precision="bf16-mixed", seed=7, compile=True, deterministic=True)
+    hp = TrainHparams(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        seed=7,
+        compile=True,
+        compile_mode="reduce-overhead",
+        deterministic=True,
+    )
     engine = LightningEngine.from_hparams(hp, devices=1)
     assert (engine.accelerator, engine.precision, engine.seed) == ("cpu", "bf16-mixed", 7)
     assert engine.compile and engine.deterministic and engine.devices == 1
+    assert engine.compile_mode == "reduce-overhead"
+
+
+@pytest.mark.parametrize(
+    "compile, mode, message",
+    [
+        (True, "fast", "compile_mode must be one of"),
+        (False, "reduce-overhead", "compile_mode 'reduce-overhead' needs --compile true"),
+    ],
+)
+def test_a_compile_mode_that_cannot_apply_is_refused(compile, mode, message):
+    from train import TrainHparams
+
+    with pytest.raises(ValueError, match=message):
+        TrainHparams(accelerator="cpu", compile=compile, compile_mode=mode)
+    with pytest.raises(ValueError, match=message):
+        LightningEngine(accelerator="cpu", compile=compile, compile_mode=mode)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_engine_passes_the_compile_mode_to_torch_compile(monkeypatch, training):
+    """``--compile_mode reduce-overhead`` (CUDA graphs on a GPU) reaches torch.compile, with static
+    sizes for training and dynamo's automatic dynamic sizes otherwise."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1, num_resolution=1)
+    engine = LightningEngine(accelerator="cpu", compile=True, compile_mode="reduce-overhead")
+    engine.compiled(module, training)
+    assert calls == [{"dynamic": False if training else None, "mode": "reduce-overhead"}]
+
+
+@pytest.mark.slow
+def test_reduce_overhead_mode_runs_on_a_cpu_and_matches_eager():
+    """On a CPU the CUDA graphs of reduce-overhead do not apply; the compiled enhancer still runs."""
+    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1, mlp_ratio=1.0, num_resolution=2)
+    eager = LowLightEnhancerLightning(embed_dim=8, num_heads=1, mlp_ratio=1.0, num_resolution=2)
+    eager.load_state_dict(module.state_dict())
+    LightningEngine(accelerator="cpu", compile=True, compile_mode="reduce-overhead").compiled(module)
+    module.eval(), eager.eval()
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), eager(x), rtol=1e-4, atol=1e-5)

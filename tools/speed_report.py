@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from tools import check_device, publish
+from utils.hparams import CompileMode, check_compile_mode
 from utils.utils import parse_hparams
 
 TARGETS = {
@@ -84,12 +85,16 @@ class SpeedHparams:
     """torch.compile both models before timing (compilation happens in the warm-up rounds; MACs and
     the peak-memory subprocesses stay eager). Inference compiles with dynamo's automatic dynamic
     sizes, the training step with static ones, as valid/infer and train.py do."""
+    compile_mode: CompileMode = "default"
+    """torch.compile's mode with ``compile`` (reduce-overhead: CUDA graphs on a GPU; give it
+    ``--warmup 3`` or more, since a graph is recorded on the second call of each size)."""
 
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.compile and self.warmup < 1:
             raise ValueError("compile needs warmup >= 1 (the first round compiles)")
+        check_compile_mode(self.compile, self.compile_mode)
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
         check_device(self.device)
@@ -375,7 +380,7 @@ def _done(what: str, times: dict) -> None:
     )
 
 
-def compile_for_training(models: Iterable[nn.Module]) -> None:
+def compile_for_training(models: Iterable[nn.Module], mode: str = "default") -> None:
     """Recompile models that inference compiled, with static sizes for the training step.
 
     Two inference sizes make dynamo mark height and width dynamic, and inductor cannot compile
@@ -385,7 +390,7 @@ def compile_for_training(models: Iterable[nn.Module]) -> None:
     """
     torch._dynamo.reset()
     for model in models:
-        model.compile(dynamic=False)
+        model.compile(dynamic=False, mode=mode)
 
 
 def measure(hp: SpeedHparams) -> dict:
@@ -428,7 +433,7 @@ def measure(hp: SpeedHparams) -> dict:
 
     if hp.compile:
         for model in models.values():
-            model.compile()
+            model.compile(mode=hp.compile_mode)
     print("timing inference (interleaved) ...", file=sys.stderr)
     for model in models.values():
         model.eval()
@@ -442,7 +447,7 @@ def measure(hp: SpeedHparams) -> dict:
     for model in models.values():
         model.train()
     if hp.compile:
-        compile_for_training(models.values())
+        compile_for_training(models.values(), hp.compile_mode)
     fns = {
         name: train_step_fn(model, sizes.crop, sizes.batch, device, hp.fused_adamw)
         for name, model in models.items()
@@ -559,7 +564,11 @@ def markdown(report: dict) -> str:
             if tf32
             else ""
         )
-        + (", torch.compile (MACs and peak memory eager)" if settings.get("compile") else "")
+        + (
+            f", torch.compile mode {settings.get('compile_mode', 'default')} (MACs and peak memory eager)"
+            if settings.get("compile")
+            else ""
+        )
         + f", {machine['threads']} threads; "
         f"{settings['repeats']} interleaved rounds after {settings['warmup']} warm-up; sizes W x H; "
         "a ratio is the median over rounds of IllRecNet / yardstick timed back to back; best: ratio of "

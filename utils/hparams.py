@@ -8,9 +8,12 @@ Values are checked in ``__post_init__`` so a wrong value is a one-line message, 
 
 import re
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, get_args
 
 from utils.tiling import MIN_TILE
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+"""torch.compile's modes (``torch._inductor.list_mode_options``)."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -137,6 +140,11 @@ class RuntimeHparams:
     """torch.compile the enhancer (inductor). valid/bench/infer: the first image size compiles, the
     second recompiles once with symbolic height and width, and later sizes reuse a few graphs.
     train: static shapes (the crop size; validation compiles one graph per image size, up to 8)."""
+    compile_mode: CompileMode = "default"
+    """torch.compile mode with ``compile``: default, reduce-overhead (CUDA graphs: on a GPU, removes
+    the launch overhead that bounds this small model; records one graph per image size, so it suits
+    training crops and same-size benchmarks), max-autotune or max-autotune-no-cudagraphs. On a CPU
+    the CUDA-graph part of a mode does nothing."""
 
     def __post_init__(self) -> None:
         _check(
@@ -146,6 +154,7 @@ class RuntimeHparams:
         )
         _check(self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_compile_mode(self.compile, self.compile_mode)
         _check(
             bool(self.experiment_name.strip()) and "/" not in self.experiment_name,
             f"experiment_name must be a non-empty folder name, got {self.experiment_name!r}",
@@ -179,6 +188,16 @@ def first_device_index(devices: object) -> int:
     if isinstance(devices, str) and "," in devices:
         return int(devices.split(",")[0])
     return 0
+
+
+COMPILE_MODES = get_args(CompileMode)
+
+
+def check_compile_mode(compile: bool, mode: str) -> None:
+    """A ValueError unless ``mode`` is one of :data:`COMPILE_MODES` and, when it is not the default,
+    ``compile`` is on (a mode without compiling would be silently ignored)."""
+    _check(mode in COMPILE_MODES, f"compile_mode must be one of {COMPILE_MODES}, got {mode!r}")
+    _check(compile or mode == "default", f"compile_mode {mode!r} needs --compile true")
 
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
