@@ -28,17 +28,24 @@ to equal shard sizes, and count them twice in the synced metrics).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.utils import DataError, ImagePair, load_image, validate_split
+from data.utils import DataError, ImagePair, decode_image_array, image_size, to_unit_float, validate_split
+
+log = logging.getLogger(__name__)
 
 
 class RandomRot90(v2.Transform):
@@ -96,22 +103,74 @@ class SeededSampler(DistributedSampler):
         return iter([(index, seeds[index]) for index in indices])
 
 
+def decode_in_memory(paths: Sequence[Path], limit_gb: float) -> dict[Path, np.ndarray]:
+    """Decode ``paths`` (each once) into memory: ``{path: (H, W, 3) uint8/uint16 array}``.
+
+    Empty when ``limit_gb`` is 0, or when the decoded images would take more than ``limit_gb``
+    (estimated from the image headers at 3 bytes per pixel, then checked on the decoded arrays,
+    since 16-bit files take twice that); the reason is logged and the caller reads from disk.
+    Decoding runs in a thread pool (the decoders release the GIL).
+    """
+    paths = list(dict.fromkeys(paths))
+    if limit_gb <= 0 or not paths:
+        return {}
+    estimate = sum(w * h * 3 for w, h in map(image_size, paths)) / 1e9
+    if estimate > limit_gb:
+        log.info(
+            "training images not kept in memory: %d files take about %.2f GB decoded, over cache_gb=%g; "
+            "they are decoded from disk at every step (raise --cache_gb to keep them)",
+            len(paths),
+            estimate,
+            limit_gb,
+        )
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 4)) as pool:
+        arrays = dict(zip(paths, pool.map(_decode_contiguous, paths), strict=True))
+    size = sum(a.nbytes for a in arrays.values()) / 1e9
+    if size > limit_gb:
+        log.info("training images not kept in memory: %.2f GB decoded, over cache_gb=%g", size, limit_gb)
+        return {}
+    log.info("kept %d decoded training images in memory (%.2f GB; cache_gb=%g)", len(arrays), size, limit_gb)
+    return arrays
+
+
+def _decode_contiguous(path: Path) -> np.ndarray:
+    return _torch_ready(decode_image_array(path))
+
+
+def _torch_ready(array: np.ndarray) -> np.ndarray:
+    """``array`` as a contiguous, writable array (a copy only when it is not one already: decoders
+    may return reversed or read-only views, which ``torch.from_numpy`` refuses or warns about)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 class PairedImageDataset(Dataset):
-    """Low/high pairs loaded with :func:`~data.utils.load_image`, optionally cropped and augmented.
+    """Low/high pairs, decoded with :func:`~data.utils.decode_image_array` (or taken from
+    ``decoded``), optionally cropped and augmented, then scaled to float32 in [0, 1].
+
+    8-bit images are cropped, flipped and rotated as uint8 and only the crop is converted, which
+    gives exactly the values of converting first (the operations only move pixels).
 
     Args:
         pairs: the pairs, in the order they are served.
         crop_size: side of the square random crop (train); None keeps whole images.
         augment: random horizontal/vertical flips and 90-degree rotations, identical for low and high.
+        decoded: images already decoded (:func:`decode_in_memory`), by path; others are read from disk.
     """
 
     def __init__(
-        self, pairs: Sequence[ImagePair], crop_size: int | None = None, augment: bool = False
+        self,
+        pairs: Sequence[ImagePair],
+        crop_size: int | None = None,
+        augment: bool = False,
+        decoded: Mapping[Path, np.ndarray] | None = None,
     ) -> None:
         if crop_size is not None and crop_size < 1:
             raise ValueError(f"crop_size must be a positive integer or None, got {crop_size}")
         self.pairs = list(pairs)
         self.transform = train_transform(crop_size, augment)
+        self.decoded = decoded if decoded is not None else {}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -126,22 +185,33 @@ class PairedImageDataset(Dataset):
                 return self._load(index)
         return self._load(item)
 
+    def _image(self, path: Path) -> tv_tensors.Image:
+        """(3, H, W): uint8 as stored (a view of the decoded array), 16-bit files as float in [0, 1]."""
+        array = self.decoded.get(path)
+        if array is None:
+            array = decode_image_array(path)
+        if array.dtype == np.uint8:
+            return tv_tensors.Image(torch.from_numpy(_torch_ready(array)).permute(2, 0, 1))
+        return tv_tensors.Image(to_unit_float(array))
+
     def _load(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
-        low = tv_tensors.Image(load_image(pair.low))  # (3, H, W)
+        low = self._image(pair.low)
         sample: dict[str, Any] = {"name": pair.name, "dataset": pair.dataset, "low_path": str(pair.low)}
         if pair.high is None:
-            sample["low"] = self.transform(low).as_subclass(torch.Tensor)
+            sample["low"] = to_unit_float(self.transform(low).as_subclass(torch.Tensor))
             return sample
-        high = tv_tensors.Image(load_image(pair.high))  # (3, H, W)
+        high = self._image(pair.high)
         if low.shape != high.shape:  # validated in setup; guards against files changed since
             raise DataError(
                 f"size mismatch in sub-dataset {pair.dataset}: {pair.low} is {tuple(low.shape[1:])} "
                 f"but {pair.high} is {tuple(high.shape[1:])} (H, W)"
             )
+        if low.dtype != high.dtype:  # an 8-bit file paired with a 16-bit one: both as float
+            low, high = (tv_tensors.Image(to_unit_float(x.as_subclass(torch.Tensor))) for x in (low, high))
         low, high = self.transform(low, high)
-        sample["low"] = low.as_subclass(torch.Tensor)
-        sample["high"] = high.as_subclass(torch.Tensor)
+        sample["low"] = to_unit_float(low.as_subclass(torch.Tensor))
+        sample["high"] = to_unit_float(high.as_subclass(torch.Tensor))
         return sample
 
 
@@ -174,6 +244,11 @@ class LowLightDataModule(L.LightningDataModule):
         num_workers: loader worker processes (0 loads in the main process).
         train_repeat: times the train list is repeated per epoch, for tiny datasets.
         seed: seed of the training order, crops and flips.
+        cache_gb: keep the decoded training images in memory when they take at most this many GB
+            (:func:`decode_in_memory`; 0: decode from disk at every step). They are decoded once,
+            in the main process before the loader workers start, and kept for later fits of this
+            data module; forked workers share that memory (with the ``spawn`` start method, as
+            on macOS and Windows, every worker holds its own copy).
     """
 
     def __init__(
@@ -187,6 +262,7 @@ class LowLightDataModule(L.LightningDataModule):
         num_workers: int = 4,
         train_repeat: int = 1,
         seed: int = 42,
+        cache_gb: float = 4.0,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -197,6 +273,8 @@ class LowLightDataModule(L.LightningDataModule):
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not cache_gb >= 0:
+            raise ValueError(f"cache_gb must be >= 0, got {cache_gb!r}")
         self.train_data_path = str(train_data_path)
         self.valid_data_path = str(valid_data_path)
         self.bench_data_path = str(bench_data_path)
@@ -206,6 +284,9 @@ class LowLightDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.train_repeat = train_repeat
         self.seed = seed
+        self.cache_gb = cache_gb
+        self.decoded: dict[Path, np.ndarray] | None = None
+        """Decoded training images by path (filled by the first :meth:`train_dataloader`)."""
         self.resume_epoch = 0
         """Epoch the first training epoch of this fit has (set when resuming from a checkpoint)."""
         self.resume_batches = 0
@@ -246,8 +327,14 @@ class LowLightDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        pairs = _flatten(self.train_pairs, "fit") * self.train_repeat
-        dataset = PairedImageDataset(pairs, self.image_size, augment=True)
+        pairs = _flatten(self.train_pairs, "fit")
+        if self.decoded is None:
+            self.decoded = decode_in_memory(
+                [p for pair in pairs for p in (pair.low, pair.high)], self.cache_gb
+            )
+        dataset = PairedImageDataset(
+            pairs * self.train_repeat, self.image_size, augment=True, decoded=self.decoded
+        )
         trainer = self.trainer
         ranks = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = SeededSampler(dataset, self.seed, num_replicas=ranks[0], rank=ranks[1])

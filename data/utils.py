@@ -456,10 +456,19 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
 
     8-bit files are divided by 255 and 16-bit files by 65535, so a dark 16-bit file stays dark.
     """
-    array = decode_image_array(path)  # (H, W, 3) uint8 | uint16
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0
-    chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)  # (3, H, W)
-    return torch.from_numpy(chw).div_(scale)
+    return to_unit_float(decode_image_array(path))
+
+
+def to_unit_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An (H, W, 3) uint8/uint16 array, or a (3, H, W) uint8/uint16 tensor, as a contiguous float32
+    (3, H, W) tensor in [0, 1]: 8-bit values divided by 255, 16-bit by 65535. A float tensor is
+    taken as already scaled (only made contiguous float32)."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # a (3, H, W) view
+    if image.is_floating_point():
+        return image.to(torch.float32).contiguous()
+    scale = 65535.0 if image.dtype == torch.uint16 else 255.0
+    return image.to(torch.float32, memory_format=torch.contiguous_format).div_(scale)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

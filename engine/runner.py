@@ -193,6 +193,7 @@ def build_datamodule(hp: DataHparams, seed: int) -> LowLightDataModule:
         num_workers=hp.num_workers,
         train_repeat=hp.train_repeat,
         seed=seed,
+        cache_gb=hp.cache_gb,
     )
 
 

@@ -20,7 +20,14 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from data import utils
-from data.dataloader import LowLightDataModule, PairedImageDataset, RandomRot90, SeededSampler
+from data.dataloader import (
+    LowLightDataModule,
+    PairedImageDataset,
+    RandomRot90,
+    SeededSampler,
+    decode_in_memory,
+    train_transform,
+)
 from data.utils import (
     DataError,
     ImagePair,
@@ -661,6 +668,94 @@ def test_datamodule_rejects_bad_arguments() -> None:
         LowLightDataModule(batch_size=0)
     with pytest.raises(ValueError, match="train_repeat"):
         LowLightDataModule(train_repeat=0)
+    with pytest.raises(ValueError, match="cache_gb"):
+        LowLightDataModule(cache_gb=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoded training images kept in memory (cache_gb)
+# --------------------------------------------------------------------------------------------------
+
+
+def _mixed_train_split(root: Path) -> list[ImagePair]:
+    """8-bit pairs (one smaller than the 24 px crop, so it is edge-padded) and one 16-bit pair."""
+    make_pairs(root, names=("a.png", "b.png"), size=(40, 56))
+    make_pairs(root, names=("small.png",), size=(16, 30), seed=5)
+    deep = np.random.default_rng(9).integers(0, 65536, (33, 41, 3)).astype(np.uint16)
+    for side, array in (("low", deep), ("high", 65535 - deep)):
+        (root / "X" / side).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "X" / side / "deep.png"), array[..., ::-1])
+    return scan_split(root, require_high=True)["X"]
+
+
+def test_samples_from_memory_equal_samples_from_disk_and_the_float_first_path(tmp_path: Path) -> None:
+    """Cropping and flipping 8-bit images before converting them gives exactly what converting the
+    whole image first gave, and images kept in memory give exactly what decoding from disk gives."""
+    pairs = _mixed_train_split(tmp_path / "1_train")
+    files = [p for pair in pairs for p in (pair.low, pair.high)]
+    decoded = decode_in_memory(files, limit_gb=1.0)
+    assert set(decoded) == set(files)
+    from_disk = PairedImageDataset(pairs, crop_size=24, augment=True)
+    in_memory = PairedImageDataset(pairs, crop_size=24, augment=True, decoded=decoded)
+    transform = train_transform(24, augment=True)
+    from torchvision import tv_tensors
+
+    for index, pair in enumerate(pairs):
+        for seed in range(6):
+            a, b = from_disk[(index, seed)], in_memory[(index, seed)]
+            torch.manual_seed(seed)  # the float-first path, as the dataset did before
+            low, high = transform(
+                tv_tensors.Image(load_image(pair.low)), tv_tensors.Image(load_image(pair.high))
+            )
+            for key, reference in (("low", low), ("high", high)):
+                assert a[key].dtype == torch.float32 and a[key].is_contiguous(), (pair.name, key)
+                assert torch.equal(a[key], b[key]), (pair.name, seed, key)
+                assert torch.equal(a[key], reference.as_subclass(torch.Tensor)), (pair.name, seed, key)
+
+
+def test_decode_in_memory_decodes_each_file_once_within_its_limit(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:
+    make_pairs(tmp_path, names=("a.png", "b.png"), size=(40, 56))
+    files = [p for pair in scan_split(tmp_path, require_high=True)["X"] for p in (pair.low, pair.high)]
+    calls = []
+    real = utils.decode_image_array
+    monkeypatch.setattr("data.dataloader.decode_image_array", lambda path: calls.append(path) or real(path))
+    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+        decoded = decode_in_memory(files * 3, limit_gb=1.0)  # train_repeat lists every file again
+    assert sorted(calls) == sorted(files)
+    assert all(np.array_equal(decoded[f], real(f)) for f in files)
+    assert "kept 4 decoded training images in memory" in caplog.text
+
+    caplog.clear()
+    calls.clear()
+    nbytes = 4 * 40 * 56 * 3
+    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+        assert decode_in_memory(files, limit_gb=(nbytes - 1) / 1e9) == {}
+    assert calls == []  # refused from the image headers, before decoding anything
+    assert "over cache_gb" in caplog.text and "raise --cache_gb" in caplog.text
+    assert decode_in_memory(files, limit_gb=0) == {}
+
+
+def test_datamodule_decodes_the_training_split_once_for_every_fit(tmp_path: Path, monkeypatch) -> None:
+    dm = _datamodule_tree(tmp_path)
+    dm.setup("fit")
+    calls = []
+    real = utils.decode_image_array
+    monkeypatch.setattr("data.dataloader.decode_image_array", lambda path: calls.append(path) or real(path))
+    dm.num_workers = 0
+    first = torch.cat([batch["low"] for batch in dm.train_dataloader()])
+    decoded_files = len(calls)
+    assert decoded_files == 2 * sum(len(group) for group in dm.train_pairs.values())
+    second = torch.cat([batch["low"] for batch in dm.train_dataloader()])  # the next session's fit
+    assert len(calls) == decoded_files and torch.equal(first, second)
+
+    uncached = _datamodule_tree(tmp_path)
+    uncached.cache_gb = 0
+    uncached.setup("fit")
+    uncached.num_workers = 0
+    assert torch.equal(torch.cat([batch["low"] for batch in uncached.train_dataloader()]), first)
+    assert uncached.decoded == {}
 
 
 def test_train_batches_depend_on_seed_and_epoch_not_on_workers(tmp_path: Path) -> None:

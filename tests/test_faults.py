@@ -657,15 +657,19 @@ def test_fault_31_full_disk_while_saving_a_checkpoint(
 
 def nan_images(monkeypatch, names: tuple[str, ...] = ("t0.png", "t1.png", "t2.png", "t3.png")) -> None:
     """Training images ``names`` load as NaN (a fixture for a NaN input batch)."""
-    from data import dataloader
+    from torchvision import tv_tensors
 
-    real = dataloader.load_image
+    from data.dataloader import PairedImageDataset
 
-    def load(path):
-        image = real(path)
-        return torch.full_like(image, float("nan")) if Path(path).name in names else image
+    real = PairedImageDataset._image
 
-    monkeypatch.setattr(dataloader, "load_image", load)
+    def load(self, path):
+        image = real(self, path)
+        if Path(path).name in names:
+            return tv_tensors.Image(torch.full(image.shape, float("nan")))
+        return image
+
+    monkeypatch.setattr(PairedImageDataset, "_image", load)
 
 
 def nan_gradients(monkeypatch) -> None:

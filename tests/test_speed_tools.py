@@ -80,7 +80,14 @@ def test_speed_report_quick_writes_every_field(tmp_path):
     for entry in (*report["latency"].values(), report["train_step"]):
         assert entry["illrecnet_s"] > 0 and entry["yardstick_s"] > 0 and entry["ratio"] > 0
     assert report["flops"]["matmul_peak_gflops"] > 0 and report["flops"]["illrecnet_fraction"] > 0
-    assert report["data_pipeline"]["samples_per_s"] > 0 and report["data_pipeline"]["ratio"] > 0
+    for key in ("data_pipeline", "data_pipeline_from_disk"):
+        assert report[key]["samples_per_s"] > 0 and report[key]["ratio"] > 0
+    # the target row is the pipeline as train.py runs it: the sample's decoded images fit in memory
+    assert report["data_pipeline"]["in_memory"] and not report["data_pipeline_from_disk"]["in_memory"]
+    assert (
+        "decoded images in memory, as train.py" in proc.stdout
+        and "decoded from disk (`--cache_gb 0`)" in proc.stdout
+    )
     assert set(report["targets"]) == set(TARGETS)
     assert all(t["status"] in ("PASS", "FAIL") for t in report["targets"].values())
     assert "| inference" in proc.stdout and ("PASS" in proc.stdout or "FAIL" in proc.stdout)

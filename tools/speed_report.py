@@ -12,7 +12,9 @@ default configuration) prints a Markdown table and writes JSON (atomically) with
 - peak memory of whole-image 1080p inference (CPU: peak-RSS increase in a fresh subprocess per
   measurement; CUDA: ``torch.cuda.max_memory_allocated``);
 - the data pipeline (``PairedImageDataset``, crop 128 + augmentation, ``num_workers=2``) in
-  samples/s, against the samples/s that training consumes;
+  samples/s, against the samples/s that training consumes: as ``train.py`` runs it by default
+  (decoded images kept in memory, ``cache_gb``; this row has the target) and decoding every
+  sample from disk;
 - model FLOP/s at 600x400 as a fraction of the machine's fp32 matmul peak (a large ``torch.mm``).
 
 Every timing of IllRecNet is interleaved with the same timing of the yardstick (A B A B ...), so
@@ -41,7 +43,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from tools import check_device, publish
-from utils.hparams import CompileMode, check_compile_mode
+from utils.hparams import CompileMode, DataHparams, check_compile_mode
 from utils.utils import parse_hparams
 
 TARGETS = {
@@ -343,16 +345,18 @@ def peak_memory(model: nn.Module, size: tuple[int, int], device: str, threads: i
 
 
 # ------------------------------------------------------------------------------------ data pipeline
-def data_pipeline(train_data_path: str, crop: int, batch: int, batches: int) -> dict:
-    """Samples/s the project's training pipeline delivers (2 workers), after the first batch."""
+def data_pipeline(train_data_path: str, crop: int, batch: int, batches: int, cache_gb: float) -> dict:
+    """Samples/s the project's training pipeline delivers (2 workers), after the first batch;
+    ``cache_gb`` as in ``train.py`` (0: every sample decoded from disk)."""
     from torch.utils.data import DataLoader
 
-    from data.dataloader import PairedImageDataset, SeededSampler
+    from data.dataloader import PairedImageDataset, SeededSampler, decode_in_memory
     from data.utils import scan_split
 
     pairs = [p for sub in scan_split(train_data_path, require_high=True).values() for p in sub]
+    decoded = decode_in_memory([p for pair in pairs for p in (pair.low, pair.high)], cache_gb)
     repeat = -(-(batches + 2) * batch // len(pairs))
-    dataset = PairedImageDataset(pairs * repeat, crop_size=crop, augment=True)
+    dataset = PairedImageDataset(pairs * repeat, crop_size=crop, augment=True, decoded=decoded)
     sampler = SeededSampler(dataset, seed=0)  # training's sampler: a seed per sample for its crop and flips
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=2, persistent_workers=True)
     iterator = iter(loader)
@@ -363,7 +367,13 @@ def data_pipeline(train_data_path: str, crop: int, batch: int, batches: int) -> 
         samples += next(iterator)["low"].shape[0]
     seconds = time.perf_counter() - start
     del iterator, loader
-    return {"pairs": len(pairs), "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+    return {
+        "pairs": len(pairs),
+        "in_memory": bool(decoded),
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds,
+    }
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -484,10 +494,13 @@ def measure(hp: SpeedHparams) -> dict:
         "yardstick_gflops": yard_gflops,
         "yardstick_fraction": yard_gflops / peak,
     }
-    data = data_pipeline(hp.train_data_path, sizes.crop, sizes.batch, sizes.data_batches)
-    data["train_consumes_samples_per_s"] = train["illrecnet_steps_per_s"] * sizes.batch
-    data["ratio"] = data["samples_per_s"] / data["train_consumes_samples_per_s"]
-    report["data_pipeline"] = data
+    consumes = train["illrecnet_steps_per_s"] * sizes.batch
+    for key, cache_gb in (("data_pipeline", DataHparams().cache_gb), ("data_pipeline_from_disk", 0.0)):
+        data = data_pipeline(hp.train_data_path, sizes.crop, sizes.batch, sizes.data_batches, cache_gb)
+        data["train_consumes_samples_per_s"] = consumes
+        data["ratio"] = data["samples_per_s"] / consumes
+        report[key] = data
+    data = report["data_pipeline"]
 
     ill = report["illrecnet"]
     checks = {
@@ -552,9 +565,14 @@ def markdown(report: dict) -> str:
         "matmul peak)", f"{flops['illrecnet_gflops']:.1f} ({flops['illrecnet_fraction']:.0%})",
         f"{flops['yardstick_gflops']:.1f} ({flops['yardstick_fraction']:.0%})", "",
         "flops_fraction_of_matmul_peak")  # fmt: skip
-    row(f"data pipeline, samples/s (ratio: to the {data['train_consumes_samples_per_s']:.1f}/s "
+    where = "decoded images in memory, as train.py" if data.get("in_memory") else "decoded from disk"
+    row(f"data pipeline, samples/s ({where}; ratio: to the {data['train_consumes_samples_per_s']:.1f}/s "
         "training consumes)", f"{data['samples_per_s']:.1f}", "", f"{data['ratio']:.1f}x",
         "data_pipeline_ratio")  # fmt: skip
+    disk = report.get("data_pipeline_from_disk")
+    if disk is not None:
+        row("data pipeline, samples/s, every sample decoded from disk (`--cache_gb 0`)",
+            f"{disk['samples_per_s']:.1f}", "", f"{disk['ratio']:.1f}x", None)  # fmt: skip
     tf32 = machine.get("tf32") if machine["device"] == "cuda" else None  # the switches mean nothing on a CPU
     on = lambda flag: "on" if flag else "off"  # noqa: E731
     head = (
