@@ -29,7 +29,6 @@ to equal shard sizes, and count them twice in the synced metrics).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +42,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.utils import DataError, ImagePair, decode_image_array, image_size, to_unit_float, validate_split
+from data.utils import (
+    DECODE_THREADS,
+    DataError,
+    ImagePair,
+    decode_image_array,
+    image_size,
+    to_unit_float,
+    validate_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,7 @@ def decode_in_memory(paths: Sequence[Path], limit_gb: float) -> dict[Path, np.nd
             limit_gb,
         )
         return {}
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 4)) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         arrays = dict(zip(paths, pool.map(_decode_contiguous, paths), strict=True))
     size = sum(a.nbytes for a in arrays.values()) / 1e9
     if size > limit_gb:

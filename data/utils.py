@@ -262,6 +262,10 @@ def scan_split(
     return pairs
 
 
+DECODE_THREADS = min(16, (os.cpu_count() or 1) + 4)
+"""Threads that decode a whole split (Pillow, libpng and libjpeg release the GIL)."""
+
+
 def validate_split(
     split_dir: str | os.PathLike,
     require_high: bool,
@@ -279,14 +283,14 @@ def validate_split(
     Args:
         min_size: the training crop size; pairs whose short side is smaller are not an error, they
             are edge-padded by the dataset, and their count is logged.
-        max_workers: decoding threads (default: ``min(16, cpu_count + 4)``).
+        max_workers: decoding threads (default: :data:`DECODE_THREADS`).
         use_high: as in :func:`scan_split` (False for inference: ``high/`` is ignored).
     """
     split_dir = Path(split_dir)
     split_name = split_name or str(split_dir)
     pairs, problems = _scan(split_dir, require_high, split_name, use_high)
     files = [p for group in pairs.values() for pair in group for p in (pair.low, pair.high) if p is not None]
-    workers = max_workers or min(16, (os.cpu_count() or 1) + 4)
+    workers = max_workers or DECODE_THREADS
     with ThreadPoolExecutor(max_workers=workers) as pool:
         shapes = dict(zip(files, pool.map(_decoded_shape, files), strict=True))
     small = 0
