@@ -45,11 +45,13 @@ from torchvision.transforms import v2
 from data.utils import (
     DECODE_THREADS,
     DataError,
+    DecodedImages,
     ImagePair,
     decode_image_array,
     image_size,
     to_unit_float,
     validate_split,
+    writable_contiguous,
 )
 
 log = logging.getLogger(__name__)
@@ -110,17 +112,19 @@ class SeededSampler(DistributedSampler):
         return iter([(index, seeds[index]) for index in indices])
 
 
-def decode_in_memory(paths: Sequence[Path], limit_gb: float) -> dict[Path, np.ndarray]:
+def decode_in_memory(paths: Sequence[Path], limit_gb: float) -> DecodedImages:
     """Decode ``paths`` (each once) into memory: ``{path: (H, W, 3) uint8/uint16 array}``.
 
     Empty when ``limit_gb`` is 0, or when the decoded images would take more than ``limit_gb``
     (estimated from the image headers at 3 bytes per pixel, then checked on the decoded arrays,
     since 16-bit files take twice that); the reason is logged and the caller reads from disk.
-    Decoding runs in a thread pool (the decoders release the GIL).
+    Decoding runs in a thread pool (the decoders release the GIL). The data module gets the same
+    result from its split validation instead (``validate_split(keep=...)``), without decoding twice.
     """
     paths = list(dict.fromkeys(paths))
-    if limit_gb <= 0 or not paths:
-        return {}
+    decoded = DecodedImages(limit_gb)
+    if decoded.overflowed or not paths:
+        return decoded
     estimate = sum(w * h * 3 for w, h in map(image_size, paths)) / 1e9
     if estimate > limit_gb:
         log.info(
@@ -130,26 +134,36 @@ def decode_in_memory(paths: Sequence[Path], limit_gb: float) -> dict[Path, np.nd
             estimate,
             limit_gb,
         )
-        return {}
+        return DecodedImages(0)
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        arrays = dict(zip(paths, pool.map(_decode_contiguous, paths), strict=True))
-    size = sum(a.nbytes for a in arrays.values()) / 1e9
-    if size > limit_gb:
-        log.info("training images not kept in memory: %.2f GB decoded, over cache_gb=%g", size, limit_gb)
-        return {}
-    log.info("kept %d decoded training images in memory (%.2f GB; cache_gb=%g)", len(arrays), size, limit_gb)
-    return arrays
+        for path, array in zip(paths, pool.map(_decode_contiguous, paths), strict=True):
+            decoded.offer(path, array)
+    log_kept(decoded)
+    return decoded
+
+
+def log_kept(decoded: DecodedImages) -> None:
+    """Log whether the training images were kept in memory (nothing when the cache is off)."""
+    if decoded.limit_gb <= 0:
+        return
+    if decoded.overflowed:
+        log.info(
+            "training images not kept in memory: %.2f GB decoded, over cache_gb=%g; they are decoded "
+            "from disk at every step (raise --cache_gb to keep them)",
+            decoded.nbytes / 1e9,
+            decoded.limit_gb,
+        )
+    else:
+        log.info(
+            "kept %d decoded training images in memory (%.2f GB; cache_gb=%g)",
+            len(decoded),
+            decoded.nbytes / 1e9,
+            decoded.limit_gb,
+        )
 
 
 def _decode_contiguous(path: Path) -> np.ndarray:
-    return _torch_ready(decode_image_array(path))
-
-
-def _torch_ready(array: np.ndarray) -> np.ndarray:
-    """``array`` as a contiguous, writable array (a copy only when it is not one already: decoders
-    may return reversed or read-only views, which ``torch.from_numpy`` refuses or warns about)."""
-    array = np.ascontiguousarray(array)
-    return array if array.flags.writeable else array.copy()
+    return writable_contiguous(decode_image_array(path))
 
 
 class PairedImageDataset(Dataset):
@@ -198,7 +212,7 @@ class PairedImageDataset(Dataset):
         if array is None:
             array = decode_image_array(path)
         if array.dtype == np.uint8:
-            return tv_tensors.Image(torch.from_numpy(_torch_ready(array)).permute(2, 0, 1))
+            return tv_tensors.Image(torch.from_numpy(writable_contiguous(array)).permute(2, 0, 1))
         return tv_tensors.Image(to_unit_float(array))
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -252,10 +266,10 @@ class LowLightDataModule(L.LightningDataModule):
         train_repeat: times the train list is repeated per epoch, for tiny datasets.
         seed: seed of the training order, crops and flips.
         cache_gb: keep the decoded training images in memory when they take at most this many GB
-            (:func:`decode_in_memory`; 0: decode from disk at every step). They are decoded once,
-            in the main process before the loader workers start, and kept for later fits of this
-            data module; forked workers share that memory (with the ``spawn`` start method, as
-            on macOS and Windows, every worker holds its own copy).
+            (0: decode from disk at every step). They are decoded once, in the main process, by
+            the split validation of the first ``setup("fit")`` (before the loader workers start),
+            and kept for later fits of this data module; forked workers share that memory (with
+            the ``spawn`` start method, as on macOS and Windows, every worker holds its own copy).
     """
 
     def __init__(
@@ -292,8 +306,9 @@ class LowLightDataModule(L.LightningDataModule):
         self.train_repeat = train_repeat
         self.seed = seed
         self.cache_gb = cache_gb
-        self.decoded: dict[Path, np.ndarray] | None = None
-        """Decoded training images by path (filled by the first :meth:`train_dataloader`)."""
+        self.decoded: DecodedImages | None = None
+        """Decoded training images by path, kept by the first ``setup("fit")`` (or, if none ran,
+        the first :meth:`train_dataloader`)."""
         self.resume_epoch = 0
         """Epoch the first training epoch of this fit has (set when resuming from a checkpoint)."""
         self.resume_batches = 0
@@ -306,9 +321,14 @@ class LowLightDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Validate (fully decode) the splits this stage needs; raises DataError before any step."""
         if stage == "fit":
+            # The split is decoded to be validated anyway: keep it then, unless an earlier fit did.
+            keep = DecodedImages(self.cache_gb) if self.decoded is None else None
             self.train_pairs = validate_split(
-                self.train_data_path, require_high=True, min_size=self.image_size
+                self.train_data_path, require_high=True, min_size=self.image_size, keep=keep
             )
+            if keep is not None:
+                log_kept(keep)
+                self.decoded = keep
             self.valid_pairs = validate_split(self.valid_data_path, require_high=True)
         elif stage == "validate":
             self.valid_pairs = validate_split(self.valid_data_path, require_high=True)

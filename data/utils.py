@@ -266,6 +266,40 @@ DECODE_THREADS = min(16, (os.cpu_count() or 1) + 4)
 """Threads that decode a whole split (Pillow, libpng and libjpeg release the GIL)."""
 
 
+class DecodedImages(dict[Path, np.ndarray]):
+    """Decoded images by path, ``(H, W, 3)`` uint8/uint16 arrays that are contiguous and writable
+    (:func:`writable_contiguous`), kept only while they take at most ``limit_gb`` in all.
+
+    :meth:`offer` adds one; the first image that takes the total past the limit empties the
+    collection and sets :attr:`overflowed`, after which nothing more is kept (the caller then reads
+    from disk).
+    """
+
+    def __init__(self, limit_gb: float) -> None:
+        super().__init__()
+        self.limit_gb = limit_gb
+        self.nbytes = 0
+        """Bytes of every image offered so far, kept or not."""
+        self.overflowed = limit_gb <= 0
+
+    def offer(self, path: Path, array: np.ndarray) -> None:
+        self.nbytes += array.nbytes
+        if self.overflowed:
+            return
+        if self.nbytes > self.limit_gb * 1e9:
+            self.clear()
+            self.overflowed = True
+            return
+        self[path] = array
+
+
+def writable_contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` as a contiguous, writable array (a copy only when it is not one already: decoders
+    may return reversed or read-only views, which ``torch.from_numpy`` refuses or warns about)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 def validate_split(
     split_dir: str | os.PathLike,
     require_high: bool,
@@ -273,6 +307,7 @@ def validate_split(
     min_size: int | None = None,
     max_workers: int | None = None,
     use_high: bool = True,
+    keep: DecodedImages | None = None,
 ) -> dict[str, list[ImagePair]]:
     """Scan a split and fully decode every file, reporting every problem in one DataError.
 
@@ -285,14 +320,33 @@ def validate_split(
             are edge-padded by the dataset, and their count is logged.
         max_workers: decoding threads (default: :data:`DECODE_THREADS`).
         use_high: as in :func:`scan_split` (False for inference: ``high/`` is ignored).
+        keep: if given, every decoded image is offered to it (within its limit), so the training
+            set need not be decoded a second time to be kept in memory. Without it each image is
+            dropped as soon as its size is known.
     """
     split_dir = Path(split_dir)
     split_name = split_name or str(split_dir)
     pairs, problems = _scan(split_dir, require_high, split_name, use_high)
     files = [p for group in pairs.values() for pair in group for p in (pair.low, pair.high) if p is not None]
     workers = max_workers or DECODE_THREADS
+    keeping = keep is not None and not keep.overflowed
+
+    def decode(path: Path) -> tuple[int, int] | str | np.ndarray:
+        # Arrays come back only while ``keep`` has room (checked again by the caller), so an
+        # overflowing split is not held in memory while the pool works through it.
+        try:
+            array = decode_image_array(path)
+        except DataError as err:
+            return str(err)
+        return writable_contiguous(array) if keeping and not keep.overflowed else array.shape[:2]
+
+    shapes: dict[Path, tuple[int, int] | str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        shapes = dict(zip(files, pool.map(_decoded_shape, files), strict=True))
+        for path, result in zip(files, pool.map(decode, files), strict=True):
+            if isinstance(result, np.ndarray):
+                keep.offer(path, result)
+                result = result.shape[:2]
+            shapes[path] = result
     small = 0
     total = sum(len(group) for group in pairs.values())
     for group in pairs.values():
@@ -319,14 +373,6 @@ def validate_split(
             min_size,
         )
     return pairs
-
-
-def _decoded_shape(path: Path) -> tuple[int, int] | str:
-    """(H, W) after a full decode, or the DataError message."""
-    try:
-        return decode_image_array(path).shape[:2]
-    except DataError as err:
-        return str(err)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,7 +514,7 @@ def to_unit_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     (3, H, W) tensor in [0, 1]: 8-bit values divided by 255, 16-bit by 65535. A float tensor is
     taken as already scaled (only made contiguous float32)."""
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # a (3, H, W) view
+        image = torch.from_numpy(writable_contiguous(image)).permute(2, 0, 1)  # a (3, H, W) view
     if image.is_floating_point():
         return image.to(torch.float32).contiguous()
     scale = 65535.0 if image.dtype == torch.uint16 else 255.0

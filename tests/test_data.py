@@ -26,6 +26,7 @@ from data.dataloader import (
     RandomRot90,
     SeededSampler,
     decode_in_memory,
+    log_kept,
     train_transform,
 )
 from data.utils import (
@@ -737,25 +738,84 @@ def test_decode_in_memory_decodes_each_file_once_within_its_limit(
     assert decode_in_memory(files, limit_gb=0) == {}
 
 
-def test_datamodule_decodes_the_training_split_once_for_every_fit(tmp_path: Path, monkeypatch) -> None:
+def test_datamodule_decodes_the_training_split_once_for_every_fit(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:
+    """The split validation of setup("fit") decodes every file anyway; those arrays are what the
+    training loader serves, so a training file is decoded once, not once to validate it and again
+    to keep it, and not again by a later fit."""
     dm = _datamodule_tree(tmp_path)
-    dm.setup("fit")
     calls = []
     real = utils.decode_image_array
-    monkeypatch.setattr("data.dataloader.decode_image_array", lambda path: calls.append(path) or real(path))
-    dm.num_workers = 0
+    counting = lambda path: calls.append(path) or real(path)  # noqa: E731
+    monkeypatch.setattr("data.utils.decode_image_array", counting)  # split validation
+    monkeypatch.setattr("data.dataloader.decode_image_array", counting)  # the dataset
+    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+        dm.setup("fit")
+    train_files = {p for group in dm.train_pairs.values() for pair in group for p in (pair.low, pair.high)}
+    assert "kept 8 decoded training images in memory" in caplog.text
+    assert set(dm.decoded) == train_files
+    assert all(np.array_equal(dm.decoded[f], real(f)) and dm.decoded[f].flags.writeable for f in train_files)
+    calls.clear()
     first = torch.cat([batch["low"] for batch in dm.train_dataloader()])
-    decoded_files = len(calls)
-    assert decoded_files == 2 * sum(len(group) for group in dm.train_pairs.values())
     second = torch.cat([batch["low"] for batch in dm.train_dataloader()])  # the next session's fit
-    assert len(calls) == decoded_files and torch.equal(first, second)
+    assert calls == [] and torch.equal(first, second)
 
     uncached = _datamodule_tree(tmp_path)
     uncached.cache_gb = 0
     uncached.setup("fit")
-    uncached.num_workers = 0
     assert torch.equal(torch.cat([batch["low"] for batch in uncached.train_dataloader()]), first)
     assert uncached.decoded == {}
+
+    # Kept from disk by the first train_dataloader when no setup("fit") filled the cache.
+    manual = _datamodule_tree(tmp_path)
+    manual.train_pairs = dm.train_pairs
+    assert torch.equal(torch.cat([batch["low"] for batch in manual.train_dataloader()]), first)
+    assert set(manual.decoded) == train_files
+
+
+def test_split_validation_keeps_decoded_images_only_within_the_limit(tmp_path: Path, caplog) -> None:
+    make_pairs(tmp_path, names=("a.png", "b.png"), size=(40, 56))
+    files = [p for pair in scan_split(tmp_path, require_high=True)["X"] for p in (pair.low, pair.high)]
+    nbytes = 40 * 56 * 3
+
+    keep = utils.DecodedImages(limit_gb=4 * nbytes / 1e9)  # exactly room for the four files
+    validate_split(tmp_path, require_high=True, keep=keep)
+    assert set(keep) == set(files) and not keep.overflowed and keep.nbytes == 4 * nbytes
+
+    short = utils.DecodedImages(limit_gb=(4 * nbytes - 1) / 1e9)  # one byte short: none are kept
+    assert len(validate_split(tmp_path, require_high=True, keep=short)["X"]) == 2  # still validated
+    assert short == {} and short.overflowed and short.nbytes == 4 * nbytes
+
+    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+        log_kept(short)
+    assert "not kept in memory" in caplog.text and "over cache_gb" in caplog.text
+    assert "raise --cache_gb" in caplog.text
+
+    # Bad files are still all reported, whether or not images are being kept.
+    (tmp_path / "X" / "low" / "b.png").write_bytes(b"not a png")
+    msg = raises_data_error(validate_split, tmp_path, require_high=True, keep=utils.DecodedImages(1.0))
+    assert "b.png" in msg and "not a recognised image" in msg
+
+
+def test_decoding_a_read_only_array_does_not_warn(tmp_path: Path) -> None:
+    """Pillow hands out read-only arrays; torch.from_numpy warns about those (once per process,
+    so this runs in a fresh interpreter with warnings as errors)."""
+    import subprocess
+    import sys
+
+    path = save(tmp_path / "a.png", rand_rgb(5, 7))
+    code = (
+        "import numpy as np, torch; from data.utils import load_image, to_unit_float; "
+        f"t = load_image({str(path)!r}); "
+        "a = np.zeros((2, 3, 3), np.uint8); a.flags.writeable = False; "
+        "assert torch.equal(to_unit_float(a), torch.zeros(3, 2, 3)) and t.shape == (3, 5, 7)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_train_batches_depend_on_seed_and_epoch_not_on_workers(tmp_path: Path) -> None:
