@@ -1,6 +1,6 @@
 """Tests for data/utils.py and data/dataloader.py: discovery, decoding, pairing, validation, batches.
 
-Tests named ``test_fault_NN_*`` cover row NN of /work/shared/FAULTS.md.
+Tests named ``test_fault_NN_*`` cover row NN of ../shared/FAULTS.md.
 """
 
 from __future__ import annotations

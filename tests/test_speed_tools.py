@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.quality import QualityHparams, SyntheticPairs, gain_interval, holdout_pairs
+from tools.quality import QualityHparams, SyntheticPairs, gain_interval, holdout_pairs, load_photos
 from tools.quality import main as quality_main
 from tools.speed_report import TARGETS, compare, interleaved, markdown
 from tools.yardstick import YardstickUNet
@@ -109,6 +109,15 @@ def test_synthetic_pairs_are_reproducible_and_darker():
     assert low.mean() < high.mean()
     names = [name for name, _, _ in holdout_pairs(seed=0, max_side=32)]
     assert len(names) == len(set(names)) == 8
+
+
+def test_quality_without_training_photos_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="--train_dir") as err:
+        load_photos(["empty"])
+    assert str(tmp_path / "empty") in str(err.value)  # resolved, so a wrong working folder shows
+    assert QualityHparams().train_dir == ["../shared/datasets/natural"]  # no absolute path
 
 
 def test_quality_runs_end_to_end(tmp_path):

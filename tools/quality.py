@@ -61,8 +61,9 @@ HOLDOUT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 class QualityHparams(ModelHparams):
     """Train IllRecNet and the yardstick with one recipe; compare held-out PSNR/SSIM."""
 
-    train_dir: list[str] = field(default_factory=lambda: ["/work/shared/datasets/natural"])
-    """Folders of normal-light photos (searched recursively), e.g. Kodak24 and McMaster."""
+    train_dir: list[str] = field(default_factory=lambda: ["../shared/datasets/natural"])
+    """Folders of normal-light photos (searched recursively), e.g. Kodak24 and McMaster; relative
+    paths start from the current folder (the default: the photos shipped beside the repository)."""
     steps: int = 1500
     """Optimizer steps per model."""
     batch_size: int = 4
@@ -113,7 +114,8 @@ def load_photos(folders: list[str]) -> list[np.ndarray]:
 
     paths = sorted(p for folder in folders for p in Path(folder).rglob("*") if is_image_name(p.name))
     if not paths:
-        raise FileNotFoundError(f"no images under {folders}")
+        where = ", ".join(str(Path(folder).resolve()) for folder in folders)
+        raise FileNotFoundError(f"no images under {where}; point --train_dir at normal-light photos")
     return [load_image(p).permute(1, 2, 0).numpy() for p in paths]
 
 
