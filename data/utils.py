@@ -522,12 +522,18 @@ def to_unit_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(W, H) of the upright image, read from the header only (EXIF orientation 5-8 swaps W and H)."""
+    """(W, H) of the upright image, read from the header only (EXIF orientation 5-8 swaps W and H).
+
+    A PNG's orientation is read only from an eXIf chunk before the image data (where Pillow and
+    the PNG specification put it): Pillow's ``getexif`` on a PNG without one decodes the whole
+    image to look behind the pixels, which made this call as slow as a decode.
+    """
     path = Path(path)
     try:
         with Image.open(path) as im:
             width, height = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION)
+            header_only = im.format != "PNG" or "exif" in im.info
+            orientation = im.getexif().get(_EXIF_ORIENTATION) if header_only else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read the image header ({type(err).__name__}: {err})") from err
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

@@ -520,8 +520,22 @@ def test_fault_20_cmyk_one_bit_and_other_modes(tmp_path: Path, mode: str) -> Non
         assert set(torch.unique(tensor).tolist()) == {0.0, 1.0}
 
 
-def test_image_size_is_cheap_and_raises_data_error(tmp_path: Path) -> None:
-    assert image_size(save(tmp_path / "a.png", rand_rgb(3, 5))) == (5, 3)
+def test_image_size_is_cheap_and_raises_data_error(tmp_path: Path, monkeypatch) -> None:
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    plain = save(tmp_path / "a.png", rand_rgb(3, 5))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated_png = save(tmp_path / "r.png", rand_rgb(3, 5), exif=exif)
+    rotated_jpg = save(tmp_path / "r.jpg", rand_rgb(3, 5), exif=exif)
+
+    def no_decoding(self):
+        raise AssertionError(f"{self.filename} was decoded to read its size")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", no_decoding)
+    assert image_size(plain) == (5, 3)
+    assert image_size(rotated_png) == image_size(rotated_jpg) == (3, 5)
     (tmp_path / "bad.png").write_text("nope")
     assert "bad.png" in raises_data_error(image_size, tmp_path / "bad.png")
 
