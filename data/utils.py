@@ -42,7 +42,6 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_png
 
 log = logging.getLogger(__name__)
 
@@ -331,22 +330,25 @@ def validate_split(
     workers = max_workers or DECODE_THREADS
     keeping = keep is not None and not keep.overflowed
 
-    def decode(path: Path) -> tuple[int, int] | str | np.ndarray:
-        # Arrays come back only while ``keep`` has room (checked again by the caller), so an
-        # overflowing split is not held in memory while the pool works through it.
+    def decode(path: Path) -> tuple[tuple[int, int] | str, np.ndarray | int]:
+        """``((H, W) or the error message, the array or its size in bytes)``. Arrays come back only
+        while ``keep`` has room, so an overflowing split is not held while the pool works on."""
         try:
             array = decode_image_array(path)
         except DataError as err:
-            return str(err)
-        return writable_contiguous(array) if keeping and not keep.overflowed else array.shape[:2]
+            return str(err), 0
+        if keeping and not keep.overflowed:
+            return array.shape[:2], writable_contiguous(array)
+        return array.shape[:2], array.nbytes
 
     shapes: dict[Path, tuple[int, int] | str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path, result in zip(files, pool.map(decode, files), strict=True):
-            if isinstance(result, np.ndarray):
-                keep.offer(path, result)
-                result = result.shape[:2]
-            shapes[path] = result
+        for path, (shape, array) in zip(files, pool.map(decode, files), strict=True):
+            shapes[path] = shape
+            if keep is not None and isinstance(array, np.ndarray):
+                keep.offer(path, array)
+            elif keep is not None:
+                keep.nbytes += array  # not offered (over the limit already): counted for the log
     small = 0
     total = sum(len(group) for group in pairs.values())
     for group in pairs.values():
@@ -430,18 +432,21 @@ def _pil_to_array(im: Image.Image, path: Path) -> np.ndarray:
 
 
 def _decode_deep(path: Path, im: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint16 RGB from a 16-bit PNG (torchvision) or a deep TIFF (OpenCV)."""
-    if im.format == "PNG":
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        chw = decode_png(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)  # (3, H, W)
-        return chw.permute(1, 2, 0).numpy()
+    """(H, W, 3) uint16 RGB from a 16-bit PNG or a deep TIFF, which Pillow would cut to 8 bit.
+
+    OpenCV decodes the samples as stored (``IMREAD_UNCHANGED``: no orientation applied, no
+    conversion); Pillow's EXIF orientation is applied afterwards, as for every other image.
+    """
     array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
-        raise DataError(f"{path}: OpenCV could not decode this TIFF (truncated or unsupported)")
+        kind = "16-bit PNG" if im.format == "PNG" else "TIFF"
+        raise DataError(f"{path}: OpenCV could not decode this {kind} (truncated, corrupt or unsupported)")
     if array.dtype not in (np.uint8, np.uint16):  # float32/64, 32-bit integers: no fixed white level
         raise DataError(f"{path}: {array.dtype} TIFF samples are not supported; save it as 8/16-bit")
     if array.ndim == 2:
         array = array[..., None]
+    if array.shape[2] in (2, 4):
+        _warn_alpha_once(path)
     match array.shape[2]:
         case 1 | 2:
             array = np.repeat(array[..., :1], 3, axis=2)

@@ -441,6 +441,48 @@ def test_fault_18_sixteen_bit_full_range(tmp_path: Path) -> None:
         assert np.allclose(tensor.permute(1, 2, 0).numpy() * 65535, rgb, atol=1e-2)  # every level kept
 
 
+def _png16(path: Path, samples: np.ndarray, colour_type: int) -> Path:
+    """A 16-bit PNG written chunk by chunk (OpenCV and Pillow cannot write 16-bit grey + alpha)."""
+    height, width = samples.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples.reshape(height, -1))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_sixteen_bit_pngs_with_alpha_keep_every_level(tmp_path: Path, caplog) -> None:
+    """16-bit RGBA and grey + alpha: RGB (or the grey) as stored, alpha dropped with the warning."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 65536, (5, 7, 4)).astype(np.uint16)
+    grey_alpha = rng.integers(0, 65536, (6, 4, 2)).astype(np.uint16)
+    utils._warned_alpha.clear()
+    with caplog.at_level(logging.WARNING, logger="data.utils"):
+        for name, samples, colour_type, expected in (
+            ("rgba16.png", rgba, 6, rgba[..., :3]),
+            ("la16.png", grey_alpha, 4, np.repeat(grey_alpha[..., :1], 3, axis=2)),
+        ):
+            array = utils.decode_image_array(_png16(tmp_path / name, samples, colour_type))
+            assert array.dtype == np.uint16 and np.array_equal(array, expected), name
+    assert caplog.text.count("alpha is dropped") == 1  # one warning for the folder
+
+
+def test_truncated_sixteen_bit_png_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(4).integers(0, 65536, (40, 30, 3)).astype(np.uint16)
+    data = _png16(tmp_path / "whole.png", rgb, colour_type=2).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    msg = raises_data_error(load_image, tmp_path / "cut.png")
+    assert "cut.png" in msg and ("truncated" in msg or "corrupt" in msg)
+
+
 def test_floating_point_tiffs_are_refused_by_name_not_misread(tmp_path: Path) -> None:
     """A float TIFF has no fixed white level: a grey one was read as if 1.0 were 255 (all near black)."""
     values = np.random.default_rng(0).random((6, 8, 3)).astype(np.float32)
@@ -800,6 +842,9 @@ def test_split_validation_keeps_decoded_images_only_within_the_limit(tmp_path: P
     short = utils.DecodedImages(limit_gb=(4 * nbytes - 1) / 1e9)  # one byte short: none are kept
     assert len(validate_split(tmp_path, require_high=True, keep=short)["X"]) == 2  # still validated
     assert short == {} and short.overflowed and short.nbytes == 4 * nbytes
+    tiny = utils.DecodedImages(limit_gb=nbytes / 1e9)  # full after the first: the rest not held
+    validate_split(tmp_path, require_high=True, keep=tiny)
+    assert tiny == {} and tiny.nbytes == 4 * nbytes  # but counted, so the log gives the real size
 
     with caplog.at_level(logging.INFO, logger="data.dataloader"):
         log_kept(short)
