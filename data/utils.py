@@ -291,6 +291,10 @@ class DecodedImages(dict[Path, np.ndarray]):
             return
         self[path] = array
 
+    def pass_over(self, nbytes: int) -> None:
+        """Count an image decoded but not offered (the limit was passed already), for the log."""
+        self.nbytes += nbytes
+
 
 def writable_contiguous(array: np.ndarray) -> np.ndarray:
     """``array`` as a contiguous, writable array (a copy only when it is not one already: decoders
@@ -328,7 +332,6 @@ def validate_split(
     pairs, problems = _scan(split_dir, require_high, split_name, use_high)
     files = [p for group in pairs.values() for pair in group for p in (pair.low, pair.high) if p is not None]
     workers = max_workers or DECODE_THREADS
-    keeping = keep is not None and not keep.overflowed
 
     def decode(path: Path) -> tuple[tuple[int, int] | str, np.ndarray | int]:
         """``((H, W) or the error message, the array or its size in bytes)``. Arrays come back only
@@ -337,7 +340,7 @@ def validate_split(
             array = decode_image_array(path)
         except DataError as err:
             return str(err), 0
-        if keeping and not keep.overflowed:
+        if keep is not None and not keep.overflowed:
             return array.shape[:2], writable_contiguous(array)
         return array.shape[:2], array.nbytes
 
@@ -345,10 +348,10 @@ def validate_split(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for path, (shape, array) in zip(files, pool.map(decode, files), strict=True):
             shapes[path] = shape
-            if keep is not None and isinstance(array, np.ndarray):
+            if isinstance(array, np.ndarray):
                 keep.offer(path, array)
             elif keep is not None:
-                keep.nbytes += array  # not offered (over the limit already): counted for the log
+                keep.pass_over(array)
     small = 0
     total = sum(len(group) for group in pairs.values())
     for group in pairs.values():
