@@ -1,4 +1,5 @@
-"""Repository contract: CI runs the README's test command; pins agree; the sample stays small."""
+"""Repository contract: CI runs the README's test command; pins agree; the sample stays small;
+doc links resolve."""
 
 import re
 import tomllib
@@ -39,3 +40,25 @@ def test_sample_is_small_and_in_the_seed_layout():
     assert sum(p.stat().st_size for p in files) < 10 * 2**20
     for split in ("1_train", "2_valid", "3_bench", "4_infer"):
         assert list((ROOT / "sample" / split).glob("*/low/*.png")), split
+
+
+def _github_anchor(heading: str) -> str:
+    """GitHub's id for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_in_the_docs_reach_a_file_and_heading():
+    """README and docs/ link to each other (the measurement log moved to docs/); a moved file or a
+    renamed heading must not leave a dead link."""
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        text = page.read_text()
+        links = re.findall(r"\]\(([^)\s]+)\)", text)
+        for link in links:
+            if re.match(r"[a-z]+:", link):  # https:, mailto: ...
+                continue
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            assert target.is_file(), f"{page.name}: link {link} points to a missing file"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", target.read_text(), flags=re.M)
+                assert anchor in {_github_anchor(h) for h in headings}, f"{page.name}: no heading #{anchor}"
