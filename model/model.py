@@ -42,15 +42,16 @@ ARCHITECTURE = (
     "mlp_ratio",
     "num_resolution",
     "sqrt_input",
+    "standardize_inputs",
 )
 """Hyper-parameters that define the weights' layout: a checkpoint only fits a model with the same values."""
 
 ENHANCER_ARGS = tuple(inspect.signature(Enhancer).parameters)
-"""The hyper-parameters that configure the :class:`Enhancer` (channels ... sqrt_input)."""
+"""The hyper-parameters that configure the :class:`Enhancer` (channels ... standardize_inputs)."""
 
-LEGACY_DEFAULTS = {"sqrt_input": False}
+LEGACY_DEFAULTS = {"sqrt_input": False, "standardize_inputs": False}
 """Values of hyper-parameters added after a checkpoint was written, as that checkpoint's model had
-them (the square-root input came in after the first checkpoints)."""
+them (the square-root input and the input standardisation came in after the first checkpoints)."""
 
 
 class NonFiniteError(RuntimeError):
@@ -73,6 +74,7 @@ class LowLightEnhancerLightning(L.LightningModule):
         num_resolution: int = 3,
         dropout_ratio: float = 0.0,
         sqrt_input: bool = True,
+        standardize_inputs: bool = False,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

@@ -306,24 +306,108 @@ def test_sqrt_input_feeds_the_square_root_to_the_decoder():
         torch.testing.assert_close(on(x), off(x))
 
 
-def test_checkpoint_from_before_sqrt_input_loads_as_it_was_trained(tmp_path):
+def test_checkpoint_from_before_sqrt_input_and_standardization_loads_as_it_was_trained(tmp_path):
     from model.model import CheckpointError, check_compatible, load_checkpoint, read_checkpoint
 
-    old = LowLightEnhancerLightning(embed_dim=8, num_heads=1, sqrt_input=False).eval()
-    hparams = {k: v for k, v in old.hparams.items() if k != "sqrt_input"}  # written before the option
+    old = LowLightEnhancerLightning(
+        embed_dim=8, num_heads=1, sqrt_input=False, standardize_inputs=False
+    ).eval()
+    # written before both options
+    hparams = {k: v for k, v in old.hparams.items() if k not in ("sqrt_input", "standardize_inputs")}
     path = tmp_path / "old.ckpt"
     version = {"pytorch-lightning_version": L.__version__}  # as every Lightning checkpoint has
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams, **version}, path)
     loaded = load_checkpoint(path)
-    assert loaded.hparams.sqrt_input is False
+    assert loaded.hparams.sqrt_input is False and loaded.hparams.standardize_inputs is False
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), old(x))
     # Lightning's own loader, which builds the module with today's default first, gives the same model.
     direct = LowLightEnhancerLightning.load_from_checkpoint(path, map_location="cpu").eval()
-    assert direct.hparams.sqrt_input is False
+    assert direct.hparams.sqrt_input is False and direct.hparams.standardize_inputs is False
     with torch.no_grad():
         torch.testing.assert_close(direct(x), old(x))
     # Resuming it under today's default is refused with the reason, not a wall of shape errors only.
     with pytest.raises(CheckpointError, match="sqrt_input: checkpoint False vs this run True"):
         check_compatible(LowLightEnhancerLightning(embed_dim=8, num_heads=1), read_checkpoint(path), path)
+
+
+def test_patch_embed_standardizes_its_input_with_fixed_constants():
+    from model.blocks.sampling import PatchEmbed
+
+    torch.manual_seed(0)
+    mean, std = [0.1] * 3 + [0.3] * 3, [0.09] * 3 + [0.16] * 3
+    plain, standard = PatchEmbed(6, 8), PatchEmbed(6, 8, mean=mean, std=std)
+    assert set(standard.state_dict()) == set(plain.state_dict())  # constants, not weights
+    standard.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 6, 10, 14)
+    with torch.no_grad():
+        expected = plain((x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1))
+        torch.testing.assert_close(standard(x), expected)
+    with pytest.raises(ValueError, match="6 values each"):
+        PatchEmbed(6, 8, mean=[0.1] * 3, std=[0.1] * 3)
+    with pytest.raises(ValueError, match="both mean and std"):
+        PatchEmbed(6, 8, mean=mean)
+
+
+def test_standardized_inputs_have_unit_scale_on_dark_images_it_never_trained_on():
+    """INPUT_STATS fit what the embeddings see: on dark images synthesized from a photo outside the
+    training set, each standardised input (image and square root, illumination, reflectance) has a
+    mean near 0 and a standard deviation near 1, not the ~0.1 scale of the raw dark values."""
+    import numpy as np
+    import skimage.data
+
+    from data.synthesize import SynthesisParams, synthesize_low
+
+    rng = np.random.default_rng(0)
+    photo = skimage.data.astronaut()[::2, ::2] / 255.0
+    low = (
+        torch.stack(
+            [
+                torch.from_numpy(synthesize_low(photo, rng, SynthesisParams())).permute(2, 0, 1)
+                for _ in range(6)
+            ]
+        ).float()
+        / 255.0
+    )  # (6, 3, 256, 256)
+    model = Enhancer(embed_dim=8, num_heads=1, standardize_inputs=True).eval()
+    embeds = {
+        "decoder": model.decoder.embed,
+        "illum": model.encoder.embed_illum,
+        "refl": model.encoder.embed_refl,
+    }
+    seen = {}
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda m, args, name=name: seen.update({name: (args[0] - m.mean) / m.std})
+        )
+        for name, m in embeds.items()
+    ]
+    with torch.no_grad():
+        model(low)
+    for hook in hooks:
+        hook.remove()
+    assert set(seen) == set(embeds)
+    for name, x in seen.items():  # astronaut: means 0.21 / 0.20 / -0.01, deviations 1.11 / 1.08 / 0.99
+        assert x.mean().abs() < 0.5 and 0.6 < x.std() < 1.6, (name, x.mean().item(), x.std().item())
+    assert low.std() < 0.2  # the raw input is far from unit scale
+
+
+def test_checkpoint_of_a_standardized_model_reloads_standardized(tmp_path):
+    """The constants are not in the state dict, so only the saved hyper-parameter brings them back:
+    a checkpoint of ``standardize_inputs=True`` must rebuild that model, not today's default."""
+    from model.model import load_checkpoint
+
+    torch.manual_seed(0)
+    trained = LowLightEnhancerLightning(embed_dim=8, num_heads=1, standardize_inputs=True).eval()
+    path = tmp_path / "standardized.ckpt"
+    checkpoint = {"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}
+    torch.save({**checkpoint, "pytorch-lightning_version": L.__version__}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.hparams.standardize_inputs is True
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained(x))
+        plain = LowLightEnhancerLightning(embed_dim=8, num_heads=1).eval()
+        plain.load_state_dict(trained.state_dict())  # the same weights without the standardisation
+        assert not torch.allclose(plain(x), trained(x), atol=1e-3)

@@ -70,6 +70,11 @@ class ModelHparams:
     """The decoder's patch embedding also sees the square root of the image, a brightened copy that
     spreads the dark values (README, quality section: +0.5 dB GT-mean PSNR over five seeds).
     Checkpoints from before this option load with it off."""
+    standardize_inputs: bool = False
+    """Every patch embedding sees its input standardised with fixed constants (``INPUT_STATS`` in
+    ``model/blocks/enhancer.py``). The model fits the training pairs better and gains GT-mean PSNR,
+    but not yet significant plain PSNR (docs/measurements.md, quality experiments). Checkpoints
+    from before this option load with it off."""
 
     def __post_init__(self) -> None:
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")

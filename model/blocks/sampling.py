@@ -14,6 +14,8 @@ One operation instead of a re-arranged copy plus a convolution is faster, and it
 plain formula of the input size, which keeps exported graphs (``export.py``) free of shape guards.
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,17 +53,38 @@ def init_as_shuffle_pair_(conv: nn.ConvTranspose2d, kernel: int, patch: int) -> 
 class PatchEmbed(nn.Module):
     """Image ``(B, c, H, W)`` -> features ``(B, dim, H / p, W / p)``: pixel-unshuffle by ``p`` then a
     3x3 convolution, as one ``3p x 3p`` convolution of stride ``p``. Working at half resolution
-    keeps every block cheap at 4K. Initialised as that pair would be (PyTorch's default init)."""
+    keeps every block cheap at 4K. Initialised as that pair would be (PyTorch's default init).
 
-    def __init__(self, in_channels: int, dim: int, patch: int = 2) -> None:
+    With ``mean`` and ``std`` (one value per input channel) the input is first standardised,
+    ``(x - mean) / std``, with these fixed values (not learned, not saved in the state dict).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int,
+        patch: int = 2,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=3 * patch, stride=patch, padding=patch)
         pair = nn.Conv2d(in_channels * patch**2, dim, kernel_size=3, padding=1)
         with torch.no_grad():
             self.proj.weight.copy_(unshuffle_conv_weight(pair.weight, patch))
             self.proj.bias.copy_(pair.bias)
+        self.standardize = mean is not None
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        if mean is not None:
+            if len(mean) != in_channels or len(std) != in_channels or min(std) <= 0:
+                raise ValueError(f"mean and std need {in_channels} values each, std > 0; got {mean}, {std}")
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.standardize:
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.proj(x)
 
 
