@@ -44,7 +44,8 @@ ARCHITECTURE = (
     "sqrt_input",
     "standardize_inputs",
 )
-"""Hyper-parameters that define the weights' layout: a checkpoint only fits a model with the same values."""
+"""Hyper-parameters that define the network (its weights' layout, or what it computes with them, like the
+input standardisation): a checkpoint only fits a model with the same values."""
 
 ENHANCER_ARGS = tuple(inspect.signature(Enhancer).parameters)
 """The hyper-parameters that configure the :class:`Enhancer` (channels ... standardize_inputs)."""
