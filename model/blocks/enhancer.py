@@ -80,7 +80,7 @@ class Encoder(nn.Module):
         num_heads: int,
         mlp_ratio: float,
         dropout_ratio: float,
-        standardize_inputs: bool = False,
+        standardize_inputs: bool,
     ) -> None:
         super().__init__()
         block = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout_ratio=dropout_ratio)
@@ -120,8 +120,8 @@ class Decoder(nn.Module):
         mlp_ratio: float,
         num_resolution: int,
         dropout_ratio: float,
-        sqrt_input: bool = True,
-        standardize_inputs: bool = False,
+        sqrt_input: bool,
+        standardize_inputs: bool,
     ) -> None:
         super().__init__()
         dims = [embed_dim * 2**i for i in range(num_resolution)]
