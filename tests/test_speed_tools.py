@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tools.compare_quality import CompareHparams, Side, pair_by_seed
+from tools.compare_quality import main as compare_main
 from tools.quality import QualityHparams, SyntheticPairs, gain_interval, holdout_pairs, load_photos
 from tools.quality import main as quality_main
 from tools.speed_report import TARGETS, compare, interleaved, markdown
@@ -120,19 +122,21 @@ def test_quality_without_training_photos_names_the_folder(tmp_path, monkeypatch)
     assert QualityHparams().train_dir == ["../shared/datasets/natural"]  # no absolute path
 
 
-def test_quality_runs_end_to_end(tmp_path):
-    out = tmp_path / "quality.json"
-    hp = QualityHparams(
-        train_dir=[str(SAMPLE_HIGH)],
-        steps=3,
-        image_size=32,
-        holdout_max_side=48,
-        embed_dim=8,
-        num_heads=1,
-        seeds=[0, 3],
-        output=str(out),
-    )
-    results = quality_main(hp)
+TINY_QUALITY = dict(
+    train_dir=[str(SAMPLE_HIGH)], steps=3, image_size=32, holdout_max_side=48, embed_dim=8, num_heads=1
+)
+"""A tools.quality recipe that trains in seconds."""
+
+
+@pytest.fixture(scope="module")
+def quality_run(tmp_path_factory) -> tuple[Path, dict]:
+    """Both models of the tiny recipe at seeds 0 and 3: the JSON file and what main returned."""
+    out = tmp_path_factory.mktemp("quality") / "quality.json"
+    return out, quality_main(QualityHparams(**TINY_QUALITY, seeds=[0, 3], output=str(out)))
+
+
+def test_quality_runs_end_to_end(quality_run):
+    out, results = quality_run
     saved = json.loads(out.read_text())
     assert saved["target"] == results["target"]
     assert [run["seed"] for run in saved["runs"]] == [0, 3]
@@ -180,3 +184,115 @@ def test_quality_cli_help():
     proc = run_module("tools.quality", "--help", timeout=120)
     for flag in ("--steps", "--train_dir", "--embed_dim", "--output", "--device"):
         assert flag in proc.stdout
+
+
+def test_compare_quality_pairs_the_runs_of_each_seed(quality_run, tmp_path):
+    baseline_file, baseline = quality_run
+    # a wider IllRecNet alone, at seed 3 (shared with the baseline) and seed 5 (baseline lacks it)
+    variant_file = tmp_path / "wide.json"
+    variant = quality_main(
+        QualityHparams(
+            **(TINY_QUALITY | {"embed_dim": 12}), models=["illrecnet"], seeds=[3, 5], output=str(variant_file)
+        )
+    )
+    out = tmp_path / "compare.json"
+    result = compare_main(
+        CompareHparams(baseline=[str(baseline_file)], variant=[str(variant_file)], output=str(out))
+    )
+    assert json.loads(out.read_text()) == result
+    assert result["seeds"] == [3] and result["only_baseline"] == [0] and result["only_variant"] == [5]
+    assert result["model_changes"] == {"embed_dim": [8, 12]}
+    ill_base, ill_var = baseline["runs"][1]["models"]["illrecnet"], variant["runs"][0]["models"]["illrecnet"]
+    for key in ("psnr", "ssim", "psnr_gtmean", "final_l1"):
+        score = result["scores"][key]
+        assert score["diff_per_seed"] == [pytest.approx(ill_var[key] - ill_base[key])]
+        assert score["diff_se"] is None  # one common seed: no spread
+    better = ill_var["final_l1"] < ill_base["final_l1"]  # the L1 is better when lower
+    assert result["scores"]["final_l1"]["variant_better_on"] == int(better)
+    assert "embed_dim: 8 -> 12" in result["markdown"] and "variant seeds [5]" in result["markdown"]
+
+    # the same variant against the baseline file's yardstick: its gain over the yardstick at seed 3
+    yard = compare_main(
+        CompareHparams(
+            baseline=[str(baseline_file)],
+            variant=[str(variant_file)],
+            baseline_model="yardstick",
+            output=str(tmp_path / "gain.json"),
+        )
+    )
+    gain = ill_var["psnr"] - baseline["runs"][1]["models"]["yardstick"]["psnr"]
+    assert yard["scores"]["psnr"]["diff_per_seed"] == [pytest.approx(gain)]
+    assert yard["model_changes"] == {}
+
+    # seeds gathered from two files on one side: both seeds of the variant pair with the baseline's
+    wider = json.loads(variant_file.read_text())
+    wider["runs"][1]["seed"] = 0  # stands in for a separate run of seed 0
+    split = tmp_path / "seed0.json"
+    split.write_text(json.dumps(wider | {"runs": [wider["runs"][1]]}))
+    only3 = tmp_path / "seed3.json"
+    only3.write_text(json.dumps(wider | {"runs": [wider["runs"][0]]}))
+    both = pair_by_seed(
+        Side("baseline", [str(baseline_file)], "illrecnet"),
+        Side("variant", [str(only3), str(split)], "illrecnet"),
+    )
+    assert both["seeds"] == [0, 3]
+    diffs = both["scores"]["psnr"]["diff_per_seed"]
+    assert both["scores"]["psnr"]["diff_mean"] == pytest.approx(sum(diffs) / 2)
+    assert both["scores"]["psnr"]["diff_se"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)
+
+
+def test_compare_quality_refuses_what_is_not_a_paired_comparison(quality_run, tmp_path):
+    baseline_file, _ = quality_run
+    saved = json.loads(baseline_file.read_text())
+
+    def write(name: str, results: dict) -> str:
+        (tmp_path / name).write_text(json.dumps(results))
+        return str(tmp_path / name)
+
+    longer = write("longer.json", saved | {"recipe": saved["recipe"] | {"steps": 30}})
+    with pytest.raises(ValueError, match="steps: 3 against 30") as err:
+        pair_by_seed(
+            Side("baseline", [str(baseline_file)], "illrecnet"), Side("variant", [longer], "illrecnet")
+        )
+    assert str(baseline_file) in str(err.value) and longer in str(err.value)
+    with pytest.raises(ValueError, match="seed 0 is in both"):  # the same seed twice on one side
+        Side("variant", [str(baseline_file), write("again.json", saved)], "illrecnet")
+    wider = write("wider.json", saved | {"recipe": saved["recipe"] | {"embed_dim": 12}})
+    with pytest.raises(ValueError, match="embed_dim: 8 against 12"):  # two configurations on one side
+        Side("variant", [str(baseline_file), wider], "illrecnet")
+    other_seeds = write("other.json", saved | {"runs": [run | {"seed": 7} for run in saved["runs"][:1]]})
+    with pytest.raises(ValueError, match=r"no seed in common: baseline has \[0, 3\], variant \[7\]"):
+        pair_by_seed(
+            Side("baseline", [str(baseline_file)], "illrecnet"), Side("variant", [other_seeds], "illrecnet")
+        )
+    alone = write(
+        "alone.json",
+        saved
+        | {"runs": [{**run, "models": {"illrecnet": run["models"]["illrecnet"]}} for run in saved["runs"]]},
+    )
+    with pytest.raises(ValueError, match="alone.json: has no yardstick results"):
+        Side("baseline", [alone], "yardstick")
+    with pytest.raises(ValueError, match="speed.json: not a readable tools.quality result"):
+        Side("baseline", [write("speed.json", {"parameters": 1})], "illrecnet")
+    # a result from before an option existed ran with its legacy value: sqrt_input off
+    old = write(
+        "old.json", saved | {"recipe": {k: v for k, v in saved["recipe"].items() if k != "sqrt_input"}}
+    )
+    assert pair_by_seed(
+        Side("baseline", [str(baseline_file)], "illrecnet"), Side("variant", [old], "illrecnet")
+    )["model_changes"] == {"sqrt_input": [True, False]}
+
+
+def test_compare_quality_cli_names_the_problem(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "tools.compare_quality", *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    missing = str(tmp_path / "missing.json")
+    proc = run(
+        "--baseline", f"[{missing}]", "--variant", f"[{missing}]", "--output", str(tmp_path / "c.json")
+    )
+    assert proc.returncode == 1 and f"{missing}: not a readable tools.quality result" in proc.stderr
+    assert not (tmp_path / "c.json").exists()
+    proc = run("--variant", f"[{missing}]")
+    assert proc.returncode != 0 and "--baseline is required" in proc.stderr
