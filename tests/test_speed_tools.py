@@ -272,6 +272,10 @@ def test_compare_quality_refuses_what_is_not_a_paired_comparison(quality_run, tm
     )
     with pytest.raises(ValueError, match="alone.json: has no yardstick results"):
         Side("baseline", [alone], "yardstick")
+    no_gtmean = saved | {"runs": [json.loads(json.dumps(run)) for run in saved["runs"]]}
+    del no_gtmean["runs"][1]["models"]["illrecnet"]["psnr_gtmean"]
+    with pytest.raises(ValueError, match="old_run.json: the illrecnet results lack psnr_gtmean"):
+        Side("variant", [write("old_run.json", no_gtmean)], "illrecnet")
     with pytest.raises(ValueError, match="speed.json: not a readable tools.quality result"):
         Side("baseline", [write("speed.json", {"parameters": 1})], "illrecnet")
     # a result from before an option existed ran with its legacy value: sqrt_input off

@@ -88,6 +88,11 @@ class Side:
             raise ValueError(f"{path}: not a readable tools.quality result ({error!r})") from error
         if any(entry is None for entry in entries.values()):
             raise ValueError(f"{path}: has no {self.model} results (trained: {recipe.get('models')})")
+        missing = sorted({key for entry in entries.values() for key in COMPARED if key not in entry})
+        if missing:
+            raise ValueError(
+                f"{path}: the {self.model} results lack {', '.join(missing)} (an older tools.quality?)"
+            )
         if self.recipe is None:
             self.recipe, self.recipe_file = recipe, path
         else:
