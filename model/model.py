@@ -27,6 +27,7 @@ from torchvision.utils import make_grid
 
 from model.blocks.enhancer import Enhancer
 from model.loss import MaeMseLoss
+from utils.hparams import LEGACY_DEFAULTS
 from utils.metrics import psnr, quantize_8bit, ssim
 
 VALID_KEYS = ("1_mae", "2_mse", "3_total", "psnr", "ssim")
@@ -49,10 +50,6 @@ input standardisation): a checkpoint only fits a model with the same values."""
 
 ENHANCER_ARGS = tuple(inspect.signature(Enhancer).parameters)
 """The hyper-parameters that configure the :class:`Enhancer` (channels ... standardize_inputs)."""
-
-LEGACY_DEFAULTS = {"sqrt_input": False, "standardize_inputs": False}
-"""Values of hyper-parameters added after a checkpoint was written, as that checkpoint's model had
-them (the square-root input and the input standardisation came in after the first checkpoints)."""
 
 
 class NonFiniteError(RuntimeError):

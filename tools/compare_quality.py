@@ -31,17 +31,22 @@ from typing import Literal
 
 import numpy as np
 
-from model.model import LEGACY_DEFAULTS
 from tools import publish
 from tools.quality import gain_interval
-from utils.hparams import ModelHparams
+from utils.hparams import LEGACY_DEFAULTS, ModelHparams
 from utils.utils import parse_hparams
 
 RECIPE_FIELDS = ("steps", "batch_size", "image_size", "lr", "train_dir", "holdout_max_side")
 """What must match for two runs of one seed to have seen the same batches and held-out pairs."""
 
-COMPARED = ("psnr", "ssim", "psnr_gtmean", "final_l1")
-"""Per-seed scores compared (the final training L1 is lower-is-better; the others higher)."""
+COMPARED = {
+    "psnr": ("PSNR (dB)", 2),
+    "ssim": ("SSIM", 4),
+    "psnr_gtmean": ("GT-mean PSNR (dB)", 2),
+    "final_l1": ("final L1", 4),
+}
+"""Per-seed scores compared, with their table label and decimals (the final training L1 is
+lower-is-better; the others higher)."""
 
 Model = Literal["illrecnet", "yardstick"]
 
@@ -162,8 +167,6 @@ def pair_by_seed(baseline: Side, variant: Side) -> dict:
 
 def markdown(result: dict) -> str:
     seeds = result["seeds"]
-    names = {"psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_gtmean": "GT-mean PSNR (dB)", "final_l1": "final L1"}
-    digits = {"psnr": 2, "ssim": 4, "psnr_gtmean": 2, "final_l1": 4}
     changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in result["model_changes"].items())
     base, var = result["baseline"], result["variant"]
     lines = [
@@ -176,12 +179,12 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, s in result["scores"].items():
-        d = digits[key]
+        label, d = COMPARED[key]
         per_seed = " / ".join(f"{v:+.{d}f}" for v in s["diff_per_seed"])
         se = "" if s["diff_se"] is None else f"{s['diff_se']:.{d}f}"
         ci = "" if s["diff_ci95"] is None else " to ".join(f"{v:+.{d}f}" for v in s["diff_ci95"])
         lines.append(
-            f"| {names[key]} | {np.mean(s['baseline']):.{d}f} | {np.mean(s['variant']):.{d}f} | {per_seed} "
+            f"| {label} | {np.mean(s['baseline']):.{d}f} | {np.mean(s['variant']):.{d}f} | {per_seed} "
             f"| {s['diff_mean']:+.{d}f} | {se} | {ci} | {s['variant_better_on']} of {len(seeds)} |"
         )
     notes = []

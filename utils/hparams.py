@@ -92,6 +92,12 @@ class ModelHparams:
         _check(0 <= self.dropout_ratio < 1, f"dropout_ratio must be in [0, 1), got {self.dropout_ratio}")
 
 
+LEGACY_DEFAULTS = {"sqrt_input": False, "standardize_inputs": False}
+"""Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
+was written, as that model had them (the square-root input and the input standardisation came in
+after the first checkpoints)."""
+
+
 @dataclass
 class OptimHparams:
     lr: float = 2e-4
