@@ -31,11 +31,16 @@ class BenchHparams(TileHparams, RuntimeHparams):
     """Average the outputs of the 8 flips/rotations of each image."""
     save_images: bool = False
     """Write low | enhanced | high comparison strips (PNG) for every image."""
+    cache_gb: float = 4.0
+    """Keep the images the start-up check decodes when they take at most this many GB, so no file is
+    decoded twice (0: decode each file again when it is enhanced)."""
     log_dir: str = "runs/bench"
     """Root folder of bench results."""
 
     def __post_init__(self) -> None:
         check_all_groups(self)
+        if not self.cache_gb >= 0:
+            raise ValueError(f"--cache_gb must be >= 0, got {self.cache_gb}")
         from utils.metrics import METRICS
 
         unknown = sorted({m.upper() for m in self.metrics} - set(METRICS))
@@ -72,6 +77,7 @@ def main(hp: BenchHparams) -> None:
             save_images=hp.save_images,
             checkpoint_path=hp.checkpoint_path,
             logger=writer,
+            cache_gb=hp.cache_gb,
         )
     except BaseException:  # a failed run (bad data, a --strict_metrics error) leaves no empty folder
         writer.close()

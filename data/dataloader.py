@@ -142,23 +142,30 @@ def decode_in_memory(paths: Sequence[Path], limit_gb: float) -> DecodedImages:
     return decoded
 
 
-def log_kept(decoded: DecodedImages) -> None:
-    """Log whether the training images were kept in memory (nothing when the cache is off)."""
+def log_kept(decoded: DecodedImages, what: str = "training") -> None:
+    """Log whether the ``what`` images were kept in memory (nothing when the cache is off)."""
     if decoded.limit_gb <= 0:
         return
+    training = what == "training"
+    budget = (
+        f"cache_gb={decoded.limit_gb:g}" if training else f"the {decoded.limit_gb:.2f} GB left of cache_gb"
+    )
     if decoded.overflowed:
         log.info(
-            "training images not kept in memory: %.2f GB decoded, over cache_gb=%g; they are decoded "
-            "from disk at every step (raise --cache_gb to keep them)",
+            "%s images not kept in memory: %.2f GB decoded, over %s; they are decoded from disk %s "
+            "(raise --cache_gb to keep them)",
+            what,
             decoded.nbytes / 1e9,
-            decoded.limit_gb,
+            budget,
+            "at every step" if training else "again by the loader",
         )
     else:
         log.info(
-            "kept %d decoded training images in memory (%.2f GB; cache_gb=%g)",
+            "kept %d decoded %s images in memory (%.2f GB; %s)",
             len(decoded),
+            what,
             decoded.nbytes / 1e9,
-            decoded.limit_gb,
+            budget,
         )
 
 
@@ -270,6 +277,8 @@ class LowLightDataModule(L.LightningDataModule):
             the split validation of the first ``setup("fit")`` (before the loader workers start),
             and kept for later fits of this data module; forked workers share that memory (with
             the ``spawn`` start method, as on macOS and Windows, every worker holds its own copy).
+            What they leave of it keeps the valid, bench or infer split that ``setup`` validated
+            last (:attr:`eval_decoded`), so its loader does not decode every file again.
     """
 
     def __init__(
@@ -309,6 +318,10 @@ class LowLightDataModule(L.LightningDataModule):
         self.decoded: DecodedImages | None = None
         """Decoded training images by path, kept by the first ``setup("fit")`` (or, if none ran,
         the first :meth:`train_dataloader`)."""
+        self.eval_decoded = DecodedImages(0)
+        """Decoded images of the evaluation split (valid, bench or infer) that ``setup`` validated
+        last, within what :attr:`decoded` leaves of ``cache_gb``; the loaders of other splits miss
+        it and decode from disk."""
         self.resume_epoch = 0
         """Epoch the first training epoch of this fit has (set when resuming from a checkpoint)."""
         self.resume_batches = 0
@@ -329,15 +342,29 @@ class LowLightDataModule(L.LightningDataModule):
             if keep is not None:
                 log_kept(keep)
                 self.decoded = keep
-            self.valid_pairs = validate_split(self.valid_data_path, require_high=True)
+            self.valid_pairs = self._validate_eval("validation", self.valid_data_path, require_high=True)
         elif stage == "validate":
-            self.valid_pairs = validate_split(self.valid_data_path, require_high=True)
+            self.valid_pairs = self._validate_eval("validation", self.valid_data_path, require_high=True)
         elif stage == "test":
-            self.bench_pairs = validate_split(self.bench_data_path, require_high=False)
+            self.bench_pairs = self._validate_eval("bench", self.bench_data_path, require_high=False)
         elif stage == "predict":
-            self.infer_pairs = validate_split(self.infer_data_path, require_high=False, use_high=False)
+            self.infer_pairs = self._validate_eval(
+                "inference", self.infer_data_path, require_high=False, use_high=False
+            )
         else:
             raise ValueError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
+
+    def _validate_eval(self, what: str, split_dir: str, **kwargs: Any) -> dict[str, list[ImagePair]]:
+        """:func:`validate_split` of a valid, bench or infer split, keeping its decoded images in
+        :attr:`eval_decoded` within what the kept training images leave of ``cache_gb``, so its
+        loader does not decode every file a second time. The previous split's are released first."""
+        self.eval_decoded = DecodedImages(0)
+        kept_training = sum(array.nbytes for array in (self.decoded or {}).values())
+        keep = DecodedImages(max(0.0, self.cache_gb - kept_training / 1e9))
+        pairs = validate_split(split_dir, keep=keep, **kwargs)
+        log_kept(keep, what)
+        self.eval_decoded = keep
+        return pairs
 
     def _loader(
         self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None
@@ -373,7 +400,7 @@ class LowLightDataModule(L.LightningDataModule):
         return self._loader(dataset, self.batch_size, False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = PairedImageDataset(_flatten(self.valid_pairs, "validate"))
+        dataset = PairedImageDataset(_flatten(self.valid_pairs, "validate"), decoded=self.eval_decoded)
         return self._loader(dataset, 1, False, sampler=self._unrepeated_sampler(dataset))
 
     def _unrepeated_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
@@ -392,7 +419,9 @@ class LowLightDataModule(L.LightningDataModule):
         )
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(PairedImageDataset(_flatten(self.bench_pairs, "test")), 1, False)
+        dataset = PairedImageDataset(_flatten(self.bench_pairs, "test"), decoded=self.eval_decoded)
+        return self._loader(dataset, 1, False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(PairedImageDataset(_flatten(self.infer_pairs, "predict")), 1, False)
+        dataset = PairedImageDataset(_flatten(self.infer_pairs, "predict"), decoded=self.eval_decoded)
+        return self._loader(dataset, 1, False)

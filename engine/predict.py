@@ -24,7 +24,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data.utils import DataError, ImagePair, list_images, load_image, scan_split, validate_split
+from data.utils import (
+    DataError,
+    DecodedImages,
+    ImagePair,
+    list_images,
+    load_image,
+    scan_split,
+    to_unit_float,
+    validate_split,
+)
 from model.blocks.attention import ChannelAttention, fixed_attention, record_attention
 from model.blocks.enhancer import Enhancer
 from utils.hparams import TileHparams
@@ -202,14 +211,19 @@ def run_bench(
     save_images: bool,
     checkpoint_path: str,
     logger=None,
+    cache_gb: float = 4.0,
 ) -> BenchResult:
     """Score every image of every sub-dataset under ``bench_data_path``; write bench.csv/json.
 
     An image that cannot be read, enhanced (out of memory even in the smallest tiles) or saved is
     reported and the others go on; then :class:`BenchError` names every such image and nothing is
     written: a mean over fewer images than the sub-dataset holds is never reported.
+
+    The start-up check decodes every file (in threads); when the split takes at most ``cache_gb``
+    GB decoded, those arrays are what is enhanced and scored, so no file is decoded twice.
     """
-    pairs = validate_split(bench_data_path, require_high=False)
+    decoded = DecodedImages(cache_gb)
+    pairs = validate_split(bench_data_path, require_high=False, keep=decoded)
     scorer = BenchScorer(metrics, device=enhance.device, strict=strict)
     columns = scorer.columns
     rows: list[dict] = []
@@ -220,7 +234,7 @@ def run_bench(
         for dataset, group in pairs.items():
             for pair in group:
                 try:
-                    scores = _bench_one(enhance, scorer, pair, tiles, strip_dir)
+                    scores = _bench_one(enhance, scorer, pair, tiles, strip_dir, decoded)
                 except Exception as error:
                     if not _is_per_image_failure(error):
                         raise
@@ -253,11 +267,22 @@ def run_bench(
 
 
 def _bench_one(
-    enhance: Enhance, scorer: BenchScorer, pair: ImagePair, tiles: TileHparams, strip_dir: Path | None
+    enhance: Enhance,
+    scorer: BenchScorer,
+    pair: ImagePair,
+    tiles: TileHparams,
+    strip_dir: Path | None,
+    decoded: DecodedImages,
 ) -> dict:
-    """Enhance and score one pair; write its low | enhanced | high strip under ``strip_dir`` if given."""
-    low = load_image(pair.low).unsqueeze(0)
-    high = load_image(pair.high).unsqueeze(0) if pair.high is not None else None
+    """Enhance and score one pair (its images from ``decoded``, else from disk); write its
+    low | enhanced | high strip under ``strip_dir`` if given."""
+
+    def image(path: Path) -> torch.Tensor:
+        array = decoded.pop(path, None)  # each image is used once: release it
+        return (load_image(path) if array is None else to_unit_float(array)).unsqueeze(0)
+
+    low = image(pair.low)
+    high = image(pair.high) if pair.high is not None else None
     pred, _ = enhance_one(enhance, low, tiles)
     scores = scorer.score(pred, high)
     if strip_dir is not None:

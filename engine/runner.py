@@ -449,6 +449,7 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
                 save_images=True,
                 checkpoint_path=checkpoint,
                 logger=writer,
+                cache_gb=hp.cache_gb,
             )
         finally:
             writer.close()

@@ -5,6 +5,7 @@ Tests named ``test_fault_NN_*`` cover row NN of ../shared/FAULTS.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -794,6 +795,22 @@ def test_decode_in_memory_decodes_each_file_once_within_its_limit(
     assert decode_in_memory(files, limit_gb=0) == {}
 
 
+def _count_decodes(monkeypatch) -> list[Path]:
+    """Record every file decoded from now on, by the split validation and by the dataset (the
+    real decoder stays reachable as ``utils.decode_image_array.__wrapped__``)."""
+    calls = []
+    real = utils.decode_image_array
+
+    @functools.wraps(real)
+    def counting(path):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr("data.utils.decode_image_array", counting)  # split validation
+    monkeypatch.setattr("data.dataloader.decode_image_array", counting)  # the dataset
+    return calls
+
+
 def test_datamodule_decodes_the_training_split_once_for_every_fit(
     tmp_path: Path, caplog, monkeypatch
 ) -> None:
@@ -801,11 +818,8 @@ def test_datamodule_decodes_the_training_split_once_for_every_fit(
     training loader serves, so a training file is decoded once, not once to validate it and again
     to keep it, and not again by a later fit."""
     dm = _datamodule_tree(tmp_path)
-    calls = []
-    real = utils.decode_image_array
-    counting = lambda path: calls.append(path) or real(path)  # noqa: E731
-    monkeypatch.setattr("data.utils.decode_image_array", counting)  # split validation
-    monkeypatch.setattr("data.dataloader.decode_image_array", counting)  # the dataset
+    calls = _count_decodes(monkeypatch)
+    real = utils.decode_image_array.__wrapped__
     with caplog.at_level(logging.INFO, logger="data.dataloader"):
         dm.setup("fit")
     train_files = {p for group in dm.train_pairs.values() for pair in group for p in (pair.low, pair.high)}
@@ -828,6 +842,45 @@ def test_datamodule_decodes_the_training_split_once_for_every_fit(
     manual.train_pairs = dm.train_pairs
     assert torch.equal(torch.cat([batch["low"] for batch in manual.train_dataloader()]), first)
     assert set(manual.decoded) == train_files
+
+
+def test_evaluation_splits_are_decoded_once_within_what_the_training_images_leave(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:
+    """The valid split that setup("fit") decodes to validate it is what every epoch's validation
+    serves (bench and infer splits alike), within what the kept training images leave of cache_gb;
+    past that, or for another split, the loader decodes from disk and serves the same tensors."""
+    dm = _datamodule_tree(tmp_path)
+    calls = _count_decodes(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+        dm.setup("fit")
+    files = lambda pairs: {p for g in pairs.values() for pair in g for p in (pair.low, pair.high) if p}  # noqa: E731
+    assert set(dm.eval_decoded) == files(dm.valid_pairs)
+    assert "kept 4 decoded validation images in memory" in caplog.text
+    calls.clear()
+    served = [batch["high"] for _ in range(2) for batch in dm.val_dataloader()]  # two epochs
+    assert calls == []
+
+    dm.setup("test")  # the valid split's arrays are released, the bench split's kept
+    assert set(dm.eval_decoded) == files(dm.bench_pairs)
+    calls.clear()
+    assert len(list(dm.test_dataloader())) == 2 and calls == []
+    calls.clear()
+    from_disk = [batch["high"] for batch in dm.val_dataloader()]
+    assert set(calls) == files(dm.valid_pairs)  # not kept any more: decoded from disk
+    assert all(torch.equal(a, b) for a, b in zip(from_disk, served[:2], strict=True))
+
+    # The training images take all but 100 bytes of the cache: the valid split is not kept.
+    tight = _datamodule_tree(tmp_path)
+    train_bytes = sum(a.nbytes for a in dm.decoded.values())
+    tight.cache_gb = (train_bytes + 100) / 1e9
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+        tight.setup("fit")
+    assert set(tight.decoded) == set(dm.decoded) and tight.eval_decoded == {}
+    assert "validation images not kept in memory" in caplog.text and "again by the loader" in caplog.text
+    refetched = [batch["high"] for batch in tight.val_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(refetched, served[:2], strict=True))
 
 
 def test_split_validation_keeps_decoded_images_only_within_the_limit(tmp_path: Path, caplog) -> None:

@@ -866,7 +866,7 @@ def test_fault_23_tiled_inference_matches_whole_image(tmp_path) -> None:
     assert np.abs(outputs["tiled"] - outputs["whole"]).max() <= 1  # equal up to 8-bit rounding
 
 
-def bench_stub(tmp_path: Path, model: torch.nn.Module, split: Path, metrics=("PSNR", "SSIM")):
+def bench_stub(tmp_path: Path, model: torch.nn.Module, split: Path, metrics=("PSNR", "SSIM"), cache_gb=4.0):
     return run_bench(
         Enhance(model, torch.device("cpu")),
         str(split),
@@ -876,7 +876,37 @@ def bench_stub(tmp_path: Path, model: torch.nn.Module, split: Path, metrics=("PS
         tiles=TileHparams(),
         save_images=True,
         checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
+        cache_gb=cache_gb,
     )
+
+
+def test_bench_decodes_each_file_once_and_scores_the_same_from_disk(tmp_path, monkeypatch) -> None:
+    """The arrays the start-up check decodes are the ones enhanced and scored (within cache_gb);
+    with --cache_gb 0 every file is decoded again, to the same scores."""
+    import data.utils
+
+    split = write_split(tmp_path / "3_bench", {"a.png": (20, 28), "b.png": (16, 12)})
+    calls = []
+    real = data.utils.decode_image_array
+    monkeypatch.setattr(data.utils, "decode_image_array", lambda path: calls.append(Path(path)) or real(path))
+    rows = {}
+    for cache_gb in (4.0, 0.0):
+        calls.clear()
+        result = run_bench(
+            Enhance(Stub(local_conv), torch.device("cpu")),
+            str(split),
+            tmp_path / f"bench{cache_gb}",
+            ["PSNR", "SSIM"],
+            strict=False,
+            tiles=TileHparams(),
+            save_images=False,
+            checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
+            cache_gb=cache_gb,
+        )
+        rows[cache_gb] = result.rows
+        files = sorted(split.glob("Tiny/*/*.png"))
+        assert sorted(calls) == sorted(files * (1 if cache_gb else 2)), cache_gb
+    assert rows[4.0] == rows[0.0] and len(rows[0.0]) == 2
 
 
 def test_fault_27_identical_pair_has_a_finite_mean_in_bench(tmp_path) -> None:
@@ -1111,8 +1141,8 @@ def test_fault_43_bench_with_fewer_outputs_than_pairs_is_an_error(tmp_path, monk
         return real(path)
 
     monkeypatch.setattr(predict, "load_image", lose_one)
-    with pytest.raises(BenchError) as info:
-        bench_stub(tmp_path, Stub(), split)
+    with pytest.raises(BenchError) as info:  # --cache_gb 0: the files are read again after the check
+        bench_stub(tmp_path, Stub(), split, cache_gb=0)
     message = str(info.value)
     assert "'Tiny': (2, 3)" in message and "b.png" in message
     assert (
@@ -1125,6 +1155,7 @@ def test_fault_43_bench_with_fewer_outputs_than_pairs_is_an_error(tmp_path, monk
         metrics=["PSNR"],
         accelerator="cpu",
         log_dir=str(tmp_path / "b"),
+        cache_gb=0,
     )
     with pytest.raises(SystemExit) as exit_info:
         run_main(bench.main, hp)
