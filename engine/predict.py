@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from data.utils import (
@@ -30,6 +29,7 @@ from data.utils import (
     ImagePair,
     list_images,
     load_image,
+    save_png_atomic,
     scan_split,
     to_unit_float,
     validate_split,
@@ -39,7 +39,7 @@ from model.blocks.enhancer import Enhancer
 from utils.hparams import TileHparams
 from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer, quantize_8bit
 from utils.tiling import enhance_image, is_out_of_memory
-from utils.utils import atomic_write_bytes, atomic_write_text, log
+from utils.utils import atomic_write_text, log
 
 
 class BenchError(RuntimeError):
@@ -143,13 +143,6 @@ class Enhance:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``(1, 3, H, W)`` any range -> ``(H, W, 3)`` uint8 (clamped and rounded)."""
     return (quantize_8bit(x.float())[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-
-
-def save_png(path: Path, image: np.ndarray) -> None:
-    """Encode to PNG in memory, then write atomically (temporary file + rename)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def sha256_of(path: str | Path) -> str:
@@ -287,7 +280,7 @@ def _bench_one(
     scores = scorer.score(pred, high)
     if strip_dir is not None:
         strip = _strip([to_uint8(t) for t in (low, pred, high) if t is not None])
-        save_png(strip_dir / pair.dataset / f"{Path(pair.name).stem}.png", strip)
+        save_png_atomic(strip_dir / pair.dataset / f"{Path(pair.name).stem}.png", strip)
     return scores
 
 
@@ -489,7 +482,7 @@ def run_infer(
                 pred, info = enhance_one(enhance, x, tiles)
                 if info.get("retries"):
                     log.info("%s: enhanced in %d px tiles after running out of memory", src, info["tile"])
-                save_png(dst, to_uint8(pred))
+                save_png_atomic(dst, to_uint8(pred))
             except Exception as error:
                 if not _is_per_image_failure(error):
                     raise

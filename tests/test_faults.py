@@ -883,12 +883,10 @@ def bench_stub(tmp_path: Path, model: torch.nn.Module, split: Path, metrics=("PS
 def test_bench_decodes_each_file_once_and_scores_the_same_from_disk(tmp_path, monkeypatch) -> None:
     """The arrays the start-up check decodes are the ones enhanced and scored (within cache_gb);
     with --cache_gb 0 every file is decoded again, to the same scores."""
-    import data.utils
-
     split = write_split(tmp_path / "3_bench", {"a.png": (20, 28), "b.png": (16, 12)})
     calls = []
-    real = data.utils.decode_image_array
-    monkeypatch.setattr(data.utils, "decode_image_array", lambda path: calls.append(Path(path)) or real(path))
+    real = data_utils.decode_image_array
+    monkeypatch.setattr(data_utils, "decode_image_array", lambda path: calls.append(Path(path)) or real(path))
     rows = {}
     for cache_gb in (4.0, 0.0):
         calls.clear()
@@ -1086,7 +1084,7 @@ def test_infer_ignores_a_partial_high_folder(tmp_path) -> None:
 
 def test_fault_40_disk_full_while_writing_outputs(tmp_path, monkeypatch, capsys) -> None:
     folder = write_images(tmp_path / "photos", {"a.png": (8, 8), "b.png": (8, 8)})
-    real_write = predict.atomic_write_bytes
+    real_write = data_utils.atomic_write_bytes  # what the PNG writer uses
 
     def full_disk_for_images(path, data):
         if Path(path).suffix != ".png":
@@ -1095,7 +1093,7 @@ def test_fault_40_disk_full_while_writing_outputs(tmp_path, monkeypatch, capsys)
             patch.setattr(os, "fsync", enospc)  # the bytes are in the temporary file when the disk fills
             return real_write(path, data)
 
-    monkeypatch.setattr(predict, "atomic_write_bytes", full_disk_for_images)
+    monkeypatch.setattr(data_utils, "atomic_write_bytes", full_disk_for_images)
     assert infer_main(monkeypatch, tmp_path, Stub(), folder) == 1
     out = capsys.readouterr().out
     target = tmp_path / "out/x/inference/photos"

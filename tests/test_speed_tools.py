@@ -90,6 +90,9 @@ def test_speed_report_quick_writes_every_field(tmp_path):
         "decoded images in memory, as train.py" in proc.stdout
         and "decoded from disk (`--cache_gb 0`)" in proc.stdout
     )
+    io = report["image_io"]  # the PNG an infer run reads and the one it writes, at the memory size
+    assert io["size"] == "72x56" and io["decode_s"] > 0 and io["encode_s"] > 0 and io["png_bytes"] > 0
+    assert "infer.py's file I/O per 72x56 image" in proc.stdout
     assert set(report["targets"]) == set(TARGETS)
     assert all(t["status"] in ("PASS", "FAIL") for t in report["targets"].values())
     assert "| inference" in proc.stdout and ("PASS" in proc.stdout or "FAIL" in proc.stdout)

@@ -15,7 +15,9 @@ default configuration) prints a Markdown table and writes JSON (atomically) with
   samples/s, against the samples/s that training consumes: as ``train.py`` runs it by default
   (decoded images kept in memory, ``cache_gb``; this row has the target) and decoding every
   sample from disk;
-- model FLOP/s at 600x400 as a fraction of the machine's fp32 matmul peak (a large ``torch.mm``).
+- model FLOP/s at 600x400 as a fraction of the machine's fp32 matmul peak (a large ``torch.mm``);
+- the file I/O ``infer.py`` does around the model for one 1920x1080 image: decoding the input PNG
+  and encoding + writing the output PNG (a training photo resized to that size).
 
 Every timing of IllRecNet is interleaved with the same timing of the yardstick (A B A B ...), so
 machine noise hits both, and a ratio is the median over rounds of ``IllRecNet / yardstick`` times
@@ -376,6 +378,35 @@ def data_pipeline(train_data_path: str, crop: int, batch: int, batches: int, cac
     }
 
 
+def image_io(train_data_path: str, size: tuple[int, int], repeats: int) -> dict:
+    """Median seconds to decode one ``size`` PNG (``load_image``) and to write one
+    (``save_png_atomic``: encode, temporary file, fsync, rename), made from the first training photo."""
+    import cv2
+
+    from data.utils import PNG_COMPRESS_LEVEL, decode_image_array, load_image, save_png_atomic, scan_split
+
+    first = next(iter(scan_split(train_data_path, require_high=True).values()))[0]
+    image = cv2.resize(decode_image_array(first.high), size, interpolation=cv2.INTER_CUBIC)
+    encode, decode = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "image.png"
+        for _ in range(repeats):
+            start = time.perf_counter()
+            save_png_atomic(path, image)
+            encode.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            load_image(path)
+            decode.append(time.perf_counter() - start)
+        nbytes = path.stat().st_size
+    return {
+        "size": wxh(size),
+        "decode_s": statistics.median(decode),
+        "encode_s": statistics.median(encode),
+        "png_bytes": nbytes,
+        "png_compress_level": PNG_COMPRESS_LEVEL,
+    }
+
+
 # ------------------------------------------------------------------------------------------ report
 def _check(value: float, target: float, upper: bool) -> str:
     return "PASS" if (value <= target if upper else value >= target) else "FAIL"
@@ -501,6 +532,7 @@ def measure(hp: SpeedHparams) -> dict:
         data["ratio"] = data["samples_per_s"] / consumes
         report[key] = data
     data = report["data_pipeline"]
+    report["image_io"] = image_io(hp.train_data_path, sizes.memory, repeats)
 
     ill = report["illrecnet"]
     checks = {
@@ -573,6 +605,10 @@ def markdown(report: dict) -> str:
     if disk is not None:
         row("data pipeline, samples/s, every sample decoded from disk (`--cache_gb 0`)",
             f"{disk['samples_per_s']:.1f}", "", f"{disk['ratio']:.1f}x", None)  # fmt: skip
+    file_io = report.get("image_io")
+    if file_io is not None:
+        row(f"infer.py's file I/O per {file_io['size']} image: PNG decode + encode and write (s)",
+            f"{file_io['decode_s']:.3f} + {file_io['encode_s']:.3f}", "", "", None)  # fmt: skip
     tf32 = machine.get("tf32") if machine["device"] == "cuda" else None  # the switches mean nothing on a CPU
     on = lambda flag: "on" if flag else "off"  # noqa: E731
     head = (
