@@ -11,12 +11,12 @@ them to TensorBoard. Sub-datasets with only ``low/`` get the no-reference metric
 import sys
 from dataclasses import dataclass, field
 
-from utils.hparams import RuntimeHparams, TileHparams, check_all_groups
+from utils.hparams import CacheHparams, RuntimeHparams, TileHparams, check_all_groups
 from utils.utils import log, parse_hparams, run_main
 
 
 @dataclass
-class BenchHparams(TileHparams, RuntimeHparams):
+class BenchHparams(TileHparams, RuntimeHparams, CacheHparams):
     """Benchmark a checkpoint."""
 
     checkpoint_path: str = ""
@@ -31,16 +31,11 @@ class BenchHparams(TileHparams, RuntimeHparams):
     """Average the outputs of the 8 flips/rotations of each image."""
     save_images: bool = False
     """Write low | enhanced | high comparison strips (PNG) for every image."""
-    cache_gb: float = 4.0
-    """Keep the images the start-up check decodes when they take at most this many GB, so no file is
-    decoded twice (0: decode each file again when it is enhanced)."""
     log_dir: str = "runs/bench"
     """Root folder of bench results."""
 
     def __post_init__(self) -> None:
         check_all_groups(self)
-        if not self.cache_gb >= 0:
-            raise ValueError(f"--cache_gb must be >= 0, got {self.cache_gb}")
         from utils.metrics import METRICS
 
         unknown = sorted({m.upper() for m in self.metrics} - set(METRICS))

@@ -905,6 +905,8 @@ def test_bench_decodes_each_file_once_and_scores_the_same_from_disk(tmp_path, mo
         files = sorted(split.glob("Tiny/*/*.png"))
         assert sorted(calls) == sorted(files * (1 if cache_gb else 2)), cache_gb
     assert rows[4.0] == rows[0.0] and len(rows[0.0]) == 2
+    with pytest.raises(ValueError, match="cache_gb must be >= 0"):
+        bench.BenchHparams(checkpoint_path="m.ckpt", cache_gb=-1)
 
 
 def test_fault_27_identical_pair_has_a_finite_mean_in_bench(tmp_path) -> None:

@@ -22,7 +22,19 @@ def _check(condition: bool, message: str) -> None:
 
 
 @dataclass
-class DataHparams:
+class CacheHparams:
+    cache_gb: float = 4.0
+    """Keep decoded images in memory when they take at most this many GB (3 bytes per pixel, 6 for
+    16-bit files; LOL-v1's 485 pairs take 0.70 GB): the training split (what it leaves keeps the
+    validation split), or the bench split the start-up check decodes; 0 decodes from disk every
+    time. Forked loader workers share the memory; every DDP process holds its own copy."""
+
+    def __post_init__(self) -> None:
+        _check(self.cache_gb >= 0, f"cache_gb must be >= 0, got {self.cache_gb}")
+
+
+@dataclass
+class DataHparams(CacheHparams):
     train_data_path: str = "data/1_train"
     """Training split: one folder per sub-dataset, each with low/ and high/."""
     valid_data_path: str = "data/2_valid"
@@ -35,17 +47,13 @@ class DataHparams:
     """DataLoader worker processes (0 loads in the main process)."""
     train_repeat: int = 1
     """Visit every training pair this many times per epoch (for tiny datasets)."""
-    cache_gb: float = 4.0
-    """Keep the decoded training images in memory when they take at most this many GB (3 bytes per
-    pixel, 6 for 16-bit files; LOL-v1's 485 pairs take 0.70 GB); 0 decodes from disk at every step.
-    Forked loader workers share the memory; every DDP process holds its own copy."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(self.train_repeat >= 1, f"train_repeat must be >= 1, got {self.train_repeat}")
-        _check(self.cache_gb >= 0, f"cache_gb must be >= 0, got {self.cache_gb}")
 
 
 @dataclass
