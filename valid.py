@@ -10,12 +10,12 @@ import json
 import sys
 from dataclasses import dataclass
 
-from utils.hparams import RuntimeHparams, check_all_groups
+from utils.hparams import CacheHparams, RuntimeHparams, check_all_groups
 from utils.utils import parse_hparams, run_main
 
 
 @dataclass
-class ValidHparams(RuntimeHparams):
+class ValidHparams(RuntimeHparams, CacheHparams):
     """Validate a checkpoint."""
 
     checkpoint_path: str = ""
@@ -46,7 +46,9 @@ def main(hp: ValidHparams) -> None:
 
     engine = LightningEngine.from_hparams(hp)
     module = load_checkpoint(hp.checkpoint_path)
-    datamodule = LowLightDataModule(valid_data_path=hp.valid_data_path, num_workers=hp.num_workers)
+    datamodule = LowLightDataModule(
+        valid_data_path=hp.valid_data_path, num_workers=hp.num_workers, cache_gb=hp.cache_gb
+    )
     metrics = engine.valid(module, datamodule)[0]  # synced: the same on every rank
     if not is_rank_zero():
         return  # one report, written by rank 0

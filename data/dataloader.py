@@ -54,7 +54,7 @@ from data.utils import (
     writable_contiguous,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"illrecnet.{__name__}")  # shown by utils.utils.setup_logging
 
 
 class RandomRot90(v2.Transform):

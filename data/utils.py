@@ -46,7 +46,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from utils.utils import atomic_write_bytes
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"illrecnet.{__name__}")  # shown by utils.utils.setup_logging
 
 IMG_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 """Allowed image file extensions, compared in lower case."""

@@ -134,7 +134,7 @@ def test_fault_03_same_stem_different_extension_pairs_on_stem(tmp_path: Path, ca
     low = rand_rgb(16, 16)
     save(split / "X" / "low" / "a.jpg", low, quality=100)
     save(split / "X" / "high" / "a.png", low)
-    with caplog.at_level(logging.INFO, logger="data.utils"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.utils"):
         pairs = validate_split(split, require_high=True)["X"]
     assert [(p.low.name, p.high.name, p.name) for p in pairs] == [("a.jpg", "a.png", "a.jpg")]
     assert "matched on the stem with different extensions" in caplog.text
@@ -205,7 +205,7 @@ def test_fault_07_infer_and_bench_accept_low_only(tmp_path: Path, caplog) -> Non
     for split in (tmp_path / "3_bench", tmp_path / "4_infer"):
         save(split / "X" / "low" / "a.png", rand_rgb(9, 7))
         make_pairs(split, sub="Y")
-        with caplog.at_level(logging.INFO, logger="data.utils"):
+        with caplog.at_level(logging.INFO, logger="illrecnet.data.utils"):
             pairs = validate_split(split, require_high=False)
         assert [(p.name, p.high) for p in pairs["X"]] == [("a.png", None)]
         assert all(p.high is not None for p in pairs["Y"])
@@ -253,7 +253,7 @@ def test_fault_26_symlinked_sub_dataset_and_file(tmp_path: Path, caplog) -> None
     low, high = split / "A" / "low", split / "A" / "high"
     os.symlink(outside / "Real" / "low" / "a.png", low / "s.png")  # symlinked files: followed
     os.symlink(outside / "Real" / "high" / "a.png", high / "s.png")
-    with caplog.at_level(logging.WARNING, logger="data.utils"):
+    with caplog.at_level(logging.WARNING, logger="illrecnet.data.utils"):
         pairs = validate_split(split, require_high=True)
     assert list(pairs) == ["A", "Linked"]
     assert [p.name for p in pairs["A"]] == ["a.png", "s.png"]
@@ -394,7 +394,7 @@ def test_fault_15_rgba_alpha_dropped_with_one_warning(tmp_path: Path, caplog) ->
     for name in ("a.png", "b.png"):
         alpha = np.random.default_rng(1).integers(0, 256, (6, 9, 1), dtype=np.uint8)
         save(tmp_path / "X" / "low" / name, np.concatenate([rgb, alpha], axis=2))
-    with caplog.at_level(logging.WARNING, logger="data.utils"):
+    with caplog.at_level(logging.WARNING, logger="illrecnet.data.utils"):
         tensors = [load_image(tmp_path / "X" / "low" / name) for name in ("a.png", "b.png")]
     assert all(t.shape == (3, 6, 9) and np.array_equal(as_uint8(t), rgb) for t in tensors)
     assert caplog.text.count("alpha is dropped") == 1
@@ -466,7 +466,7 @@ def test_sixteen_bit_pngs_with_alpha_keep_every_level(tmp_path: Path, caplog) ->
     rgba = rng.integers(0, 65536, (5, 7, 4)).astype(np.uint16)
     grey_alpha = rng.integers(0, 65536, (6, 4, 2)).astype(np.uint16)
     utils._warned_alpha.clear()
-    with caplog.at_level(logging.WARNING, logger="data.utils"):
+    with caplog.at_level(logging.WARNING, logger="illrecnet.data.utils"):
         for name, samples, colour_type, expected in (
             ("rgba16.png", rgba, 6, rgba[..., :3]),
             ("la16.png", grey_alpha, 4, np.repeat(grey_alpha[..., :1], 3, axis=2)),
@@ -636,7 +636,7 @@ def test_fault_13_small_train_image_is_edge_padded(tmp_path: Path, caplog) -> No
     split = tmp_path / "1_train"
     make_pairs(split, names=("small.png",), size=(32, 32))
     make_pairs(split, names=("big.png",), size=(80, 80))
-    with caplog.at_level(logging.INFO, logger="data.utils"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.utils"):
         pairs = validate_split(split, require_high=True, min_size=64)["X"]
     assert "1 of 2 pairs are smaller than the 64 px crop and will be edge-padded" in caplog.text
     small = next(p for p in pairs if p.name == "small.png")
@@ -779,7 +779,7 @@ def test_decode_in_memory_decodes_each_file_once_within_its_limit(
     calls = []
     real = utils.decode_image_array
     monkeypatch.setattr("data.dataloader.decode_image_array", lambda path: calls.append(path) or real(path))
-    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
         decoded = decode_in_memory(files * 3, limit_gb=1.0)  # train_repeat lists every file again
     assert sorted(calls) == sorted(files)
     assert all(np.array_equal(decoded[f], real(f)) for f in files)
@@ -788,7 +788,7 @@ def test_decode_in_memory_decodes_each_file_once_within_its_limit(
     caplog.clear()
     calls.clear()
     nbytes = 4 * 40 * 56 * 3
-    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
         assert decode_in_memory(files, limit_gb=(nbytes - 1) / 1e9) == {}
     assert calls == []  # refused from the image headers, before decoding anything
     assert "over cache_gb" in caplog.text and "raise --cache_gb" in caplog.text
@@ -820,7 +820,7 @@ def test_datamodule_decodes_the_training_split_once_for_every_fit(
     dm = _datamodule_tree(tmp_path)
     calls = _count_decodes(monkeypatch)
     real = utils.decode_image_array.__wrapped__
-    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
         dm.setup("fit")
     train_files = {p for group in dm.train_pairs.values() for pair in group for p in (pair.low, pair.high)}
     assert "kept 8 decoded training images in memory" in caplog.text
@@ -852,7 +852,7 @@ def test_evaluation_splits_are_decoded_once_within_what_the_training_images_leav
     past that, or for another split, the loader decodes from disk and serves the same tensors."""
     dm = _datamodule_tree(tmp_path)
     calls = _count_decodes(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
         dm.setup("fit")
     files = lambda pairs: {p for g in pairs.values() for pair in g for p in (pair.low, pair.high) if p}  # noqa: E731
     assert set(dm.eval_decoded) == files(dm.valid_pairs)
@@ -875,7 +875,7 @@ def test_evaluation_splits_are_decoded_once_within_what_the_training_images_leav
     train_bytes = sum(a.nbytes for a in dm.decoded.values())
     tight.cache_gb = (train_bytes + 100) / 1e9
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
         tight.setup("fit")
     assert set(tight.decoded) == set(dm.decoded) and tight.eval_decoded == {}
     assert "validation images not kept in memory" in caplog.text and "again by the loader" in caplog.text
@@ -899,7 +899,7 @@ def test_split_validation_keeps_decoded_images_only_within_the_limit(tmp_path: P
     validate_split(tmp_path, require_high=True, keep=tiny)
     assert tiny == {} and tiny.nbytes == 4 * nbytes  # but counted, so the log gives the real size
 
-    with caplog.at_level(logging.INFO, logger="data.dataloader"):
+    with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
         log_kept(short)
     assert "not kept in memory" in caplog.text and "over cache_gb" in caplog.text
     assert "raise --cache_gb" in caplog.text

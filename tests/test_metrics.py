@@ -211,7 +211,7 @@ def test_score_without_target() -> None:
 
 def test_tiny_images_score_none_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     scorer = BenchScorer(["psnr", "ssim", "niqe", "brisque"], gt_mean=False)
-    with caplog.at_level(logging.WARNING, logger="utils.metrics"):
+    with caplog.at_level(logging.WARNING, logger="illrecnet.utils.metrics"):
         tiny = {
             size: scorer.score(smooth_image(*size), smooth_image(*size, seed=2))
             for size in [(1, 1), (3, 5), (37, 53)]
@@ -237,7 +237,7 @@ def test_bad_arguments() -> None:
 
 
 def test_lpips_missing_weights(empty_hub: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="utils.metrics"):
+    with caplog.at_level(logging.WARNING, logger="illrecnet.utils.metrics"):
         scorer = BenchScorer(["psnr", "lpips"])
         first = scorer.score(smooth_image(64, 64), smooth_image(64, 64, seed=1))
         scorer.score(smooth_image(64, 64), smooth_image(64, 64, seed=1))
@@ -259,7 +259,7 @@ def test_lpips_failed_download_is_quick_none(
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setattr(pyiqa.utils.download_util, "download_url_to_file", offline)
     monkeypatch.setenv(metrics.DOWNLOAD_ENV, "1")
-    with caplog.at_level(logging.WARNING, logger="utils.metrics"):
+    with caplog.at_level(logging.WARNING, logger="illrecnet.utils.metrics"):
         scorer = BenchScorer(["lpips"])
     assert scorer.score(smooth_image(64, 64), smooth_image(64, 64))["LPIPS"] is None
     assert any("download failed" in r.message for r in caplog.records)

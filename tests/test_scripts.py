@@ -167,6 +167,8 @@ def test_second_run_with_same_name_gets_its_own_folder(trained, tmp_path):
 
 
 def test_valid_from_checkpoint_alone(trained, tmp_path):
+    """valid.py needs only the checkpoint and reproduces training's validation PSNR; --cache_gb reaches
+    the data module (a budget too small for the split reads it from disk, to the same numbers)."""
     ckpt = trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt"
     proc = run(
         "valid.py",
@@ -178,6 +180,8 @@ def test_valid_from_checkpoint_alone(trained, tmp_path):
         "cpu",
         "--num_workers",
         "0",
+        "--cache_gb",
+        "1e-6",
         "--log_dir",
         str(tmp_path),
     )
@@ -185,6 +189,7 @@ def test_valid_from_checkpoint_alone(trained, tmp_path):
     expected = json.loads((trained["run_dir"] / "trainable" / "result.json").read_text())["valid_psnr"]
     assert report["valid/psnr"] == pytest.approx(expected, abs=1e-3)
     assert "valid/psnr" in proc.stdout
+    assert "validation images not kept in memory" in proc.stdout + proc.stderr
 
 
 def test_bench_csv_matches_psnr_of_saved_inference_images(trained, tmp_path):

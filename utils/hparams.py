@@ -26,8 +26,9 @@ class CacheHparams:
     cache_gb: float = 4.0
     """Keep decoded images in memory when they take at most this many GB (3 bytes per pixel, 6 for
     16-bit files; LOL-v1's 485 pairs take 0.70 GB): the training split (what it leaves keeps the
-    validation split), or the bench split the start-up check decodes; 0 decodes from disk every
-    time. Forked loader workers share the memory; every DDP process holds its own copy."""
+    validation split), or the split valid.py validates, or the bench split the start-up check
+    decodes; 0 decodes from disk every time. Forked loader workers share the memory; every DDP
+    process holds its own copy."""
 
     def __post_init__(self) -> None:
         _check(self.cache_gb >= 0, f"cache_gb must be >= 0, got {self.cache_gb}")

@@ -31,7 +31,7 @@ from pyiqa.archs import build_network
 from pyiqa.default_model_configs import DEFAULT_CONFIGS
 from torch import Tensor
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"illrecnet.{__name__}")  # shown by utils.utils.setup_logging
 
 ASSETS_IQA = Path(__file__).resolve().parents[1] / "assets" / "iqa"
 NIQE_PARAMS = ASSETS_IQA / "niqe_modelparameters.mat"

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"illrecnet.{__name__}")  # shown by utils.utils.setup_logging
 
 MIN_TILE = 128
 """Smallest tile `enhance_image` tries before giving up on out-of-memory errors."""
