@@ -15,6 +15,7 @@ import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,7 +424,9 @@ def run_infer(
     sources. Refused without ``overwrite``: a folder filled with another checkpoint, and an output
     that another source file made (two input folders of the same name). A file that fails
     (unreadable, out of memory even in the smallest tiles, a failed write) is reported and gets no
-    output; the others go on.
+    output; the others go on. The next input is decoded, and the last output encoded and written, in
+    one thread each while the model runs; an output is recorded once its write has finished, and a
+    stop (Ctrl-C, an error) waits for the write under way and records it.
     """
     summary = InferSummary(out_dir=out_dir)
     manifest_path = out_dir / "manifest.json"
@@ -450,6 +453,7 @@ def run_infer(
         seen[dst] = src
     key = lambda dst: dst.relative_to(out_dir).as_posix()  # noqa: E731
     source = lambda src: str(src.resolve())  # noqa: E731
+    done_record = lambda src: {"source": source(src), "checkpoint_sha256": digest}  # noqa: E731
     if not overwrite:
         clashes = [
             f"{dst} (made from {records[key(dst)]['source']}; this run: {source(src)})"
@@ -469,33 +473,73 @@ def run_infer(
         atomic_write_text(manifest_path, json.dumps(document, indent=2, ensure_ascii=False))
 
     write_manifest()
+    todo = []
+    for src, dst in targets:
+        if not overwrite and dst.is_file() and records.get(key(dst)) == done_record(src):
+            summary.skipped.append(dst)
+        else:
+            records.pop(key(dst), None)  # recorded again once rewritten, or gone if this image fails
+            todo.append((src, dst))
     last_flush = time.monotonic()
+    writing: tuple[Path, Path, Future] | None = None  # the one output being encoded and written
+
+    def failed(src: Path, dst: Path, error: Exception) -> None:
+        if not _is_per_image_failure(error):
+            raise error
+        log.error("failed: %s: %s", src, error)
+        summary.failed.append((src, str(error)))
+        dst.unlink(missing_ok=True)  # with --overwrite: no stale output of an earlier run remains
+
+    def written() -> None:
+        """Wait for the output under way; record it once its file is complete."""
+        nonlocal writing, last_flush
+        if writing is None:
+            return
+        src, dst, future = writing
+        try:
+            future.result()
+        except Exception as error:
+            writing = None
+            failed(src, dst, error)
+            return
+        writing = None
+        records[key(dst)] = done_record(src)
+        summary.enhanced.append(dst)
+        if time.monotonic() - last_flush >= MANIFEST_FLUSH_S:
+            write_manifest()
+            last_flush = time.monotonic()
+
+    # The next image is decoded ahead and the last output encoded and written behind the model, one
+    # thread each (decoders, zlib and torch release the GIL); on a GPU the PNG work dominates otherwise.
+    reader = ThreadPoolExecutor(1, thread_name_prefix="infer-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="infer-write")
+    progress = tqdm(
+        total=len(targets), initial=len(summary.skipped), desc="infer", unit="img", dynamic_ncols=True
+    )
     try:
-        for src, dst in tqdm(targets, desc="infer", unit="img", dynamic_ncols=True):
-            done = {"source": source(src), "checkpoint_sha256": digest}
-            if not overwrite and dst.is_file() and records.get(key(dst)) == done:
-                summary.skipped.append(dst)
-                continue
-            records.pop(key(dst), None)  # replaced below, or removed if this image fails
+        upcoming = reader.submit(load_image, todo[0][0]) if todo else None
+        for i, (src, dst) in enumerate(todo):
+            read = upcoming
+            upcoming = reader.submit(load_image, todo[i + 1][0]) if i + 1 < len(todo) else None
             try:
-                x = load_image(src).unsqueeze(0)
-                pred, info = enhance_one(enhance, x, tiles)
+                pred, info = enhance_one(enhance, read.result().unsqueeze(0), tiles)
                 if info.get("retries"):
                     log.info("%s: enhanced in %d px tiles after running out of memory", src, info["tile"])
-                save_png_atomic(dst, to_uint8(pred))
             except Exception as error:
-                if not _is_per_image_failure(error):
-                    raise
-                log.error("failed: %s: %s", src, error)
-                summary.failed.append((src, str(error)))
-                dst.unlink(missing_ok=True)  # with --overwrite: no stale output of an earlier run remains
+                failed(src, dst, error)
                 continue
-            records[key(dst)] = done
-            summary.enhanced.append(dst)
-            if time.monotonic() - last_flush >= MANIFEST_FLUSH_S:
-                write_manifest()
-                last_flush = time.monotonic()
-    finally:  # also on Ctrl-C: what finished is recorded and skipped by the next run
+            finally:
+                progress.update()
+            written()
+            writing = (src, dst, writer.submit(_write_output, dst, pred))
+        written()
+    finally:  # also on Ctrl-C: the output under way is finished, and what finished is recorded
+        reader.shutdown(cancel_futures=True)
+        writer.shutdown()
+        progress.close()
+        if writing is not None and writing[2].exception() is None:
+            records[key(writing[1])] = done_record(writing[0])
+            summary.enhanced.append(writing[1])
         try:
             write_manifest()
         except OSError as error:  # e.g. a full disk; must not hide the error that stopped the loop
@@ -503,6 +547,10 @@ def run_infer(
                 "could not record the finished outputs in %s (%s); a re-run redoes them", manifest_path, error
             )
     return summary
+
+
+def _write_output(dst: Path, pred: torch.Tensor) -> None:
+    save_png_atomic(dst, to_uint8(pred))
 
 
 def _is_per_image_failure(error: Exception) -> bool:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -976,6 +977,80 @@ def test_fault_38_infer_killed_midway_leaves_no_partial_file_and_a_rerun_complet
     for name in ("0.png", "1.png", "2.png"):
         with Image.open(out / name) as image:
             image.load()
+
+
+class Overlap:
+    """Events that show infer's threads at work: image ``i`` decoded, forward ``i`` started."""
+
+    def __init__(self, monkeypatch, names: list[str]) -> None:
+        self.names = names
+        self.decoded = [threading.Event() for _ in names]
+        self.forward = [threading.Event() for _ in names]
+        real_load, real_write = predict.load_image, predict._write_output
+
+        def load(path, *args, **kwargs):
+            image = real_load(path, *args, **kwargs)
+            self.decoded[names.index(Path(path).name)].set()
+            return image
+
+        def write(dst, pred):  # each output is written only once the model has moved on to the next
+            i = names.index(dst.name)
+            assert i + 1 == len(names) or self.forward[i + 1].wait(10), f"{dst.name} not written behind"
+            real_write(dst, pred)
+
+        monkeypatch.setattr(predict, "load_image", load)
+        monkeypatch.setattr(predict, "_write_output", write)
+
+    def model(self, fn=lambda i, x: 1 - x) -> Stub:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            i = len(stub.sizes) - 1
+            self.forward[i].set()
+            assert i + 1 == len(self.names) or self.decoded[i + 1].wait(10), "next image not decoded ahead"
+            return fn(i, x)
+
+        stub = Stub(forward)
+        return stub
+
+
+def test_infer_decodes_the_next_image_and_writes_the_last_while_the_model_runs(tmp_path, monkeypatch):
+    names = [f"{i}.png" for i in range(4)]
+    folder = write_images(tmp_path / "photos", {name: (8, 8) for name in names})
+    overlap = Overlap(monkeypatch, names)
+    inputs, out = [("photos", folder / name) for name in names], tmp_path / "inference"
+    ckpt = fake_checkpoint(tmp_path / "m.ckpt")
+    summary = run_infer(
+        Enhance(overlap.model(), torch.device("cpu")), inputs, out, TileHparams(), False, ckpt
+    )
+    assert [p.name for p in summary.enhanced] == names and not summary.failed
+    assert sorted(json.loads((out / "manifest.json").read_text())["outputs"]) == [
+        f"photos/{n}" for n in names
+    ]
+    for name in names:
+        low = np.asarray(Image.open(folder / name), dtype=np.int16)
+        assert np.abs(np.asarray(Image.open(out / "photos" / name), dtype=np.int16) - (255 - low)).max() <= 1
+
+
+def test_infer_stopped_while_an_output_is_written_finishes_and_records_it(tmp_path, monkeypatch):
+    """Ctrl-C in the model of image 1 while image 0's output is still being written: the write
+    completes, is recorded, and the next run skips it and does the rest."""
+    names = [f"{i}.png" for i in range(3)]
+    folder = write_images(tmp_path / "photos", {name: (8, 8) for name in names})
+    overlap = Overlap(monkeypatch, names)
+
+    def stopped_at_image_1(i: int, x: torch.Tensor) -> torch.Tensor:
+        if i == 1:
+            raise KeyboardInterrupt
+        return 1 - x
+
+    inputs, out = [("photos", folder / name) for name in names], tmp_path / "inference"
+    ckpt, cpu = fake_checkpoint(tmp_path / "m.ckpt"), torch.device("cpu")
+    with pytest.raises(KeyboardInterrupt):
+        run_infer(Enhance(overlap.model(stopped_at_image_1), cpu), inputs, out, TileHparams(), False, ckpt)
+    assert sorted(p.name for p in (out / "photos").iterdir()) == ["0.png"] and no_temporary_files(out)
+    assert list(json.loads((out / "manifest.json").read_text())["outputs"]) == ["photos/0.png"]
+    monkeypatch.undo()
+    summary = run_infer(Enhance(Stub(lambda x: 1 - x), cpu), inputs, out, TileHparams(), False, ckpt)
+    assert [p.name for p in summary.skipped] == ["0.png"] and [p.name for p in summary.enhanced] == names[1:]
 
 
 def test_failed_run_folder_removed_only_when_it_holds_nothing_but_events(tmp_path) -> None:
