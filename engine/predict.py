@@ -28,6 +28,7 @@ from data.utils import (
     DataError,
     DecodedImages,
     ImagePair,
+    decode_image_array,
     list_images,
     load_image,
     save_png_atomic,
@@ -38,7 +39,7 @@ from data.utils import (
 from model.blocks.attention import ChannelAttention, fixed_attention, record_attention
 from model.blocks.enhancer import Enhancer
 from utils.hparams import TileHparams
-from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer, quantize_8bit
+from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer
 from utils.tiling import enhance_image, is_out_of_memory
 from utils.utils import atomic_write_text, log
 
@@ -142,8 +143,11 @@ class Enhance:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """``(1, 3, H, W)`` any range -> ``(H, W, 3)`` uint8 (clamped and rounded)."""
-    return (quantize_8bit(x.float())[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    """``(1, 3, H, W)`` any range -> ``(H, W, 3)`` uint8, clamped and rounded (the values of
+    :func:`~utils.metrics.quantize_8bit`) on the tensor's device with one float temporary (a 4K
+    image: 100 MB, where a chain of out-of-place steps held 300 MB)."""
+    levels = x[0].float().clamp(0.0, 1.0).mul_(255.0).round_()
+    return levels.to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def sha256_of(path: str | Path) -> str:
@@ -510,28 +514,31 @@ def run_infer(
             last_flush = time.monotonic()
 
     # The next image is decoded ahead and the last output encoded and written behind the model, one
-    # thread each (decoders, zlib and torch release the GIL); on a GPU the PNG work dominates otherwise.
+    # thread each (decoders and zlib release the GIL); on a GPU the PNG work dominates otherwise. Both
+    # threads hold 8-bit arrays only (a 4K image: 25 MB each), not float tensors.
     reader = ThreadPoolExecutor(1, thread_name_prefix="infer-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="infer-write")
     progress = tqdm(
         total=len(targets), initial=len(summary.skipped), desc="infer", unit="img", dynamic_ncols=True
     )
     try:
-        upcoming = reader.submit(load_image, todo[0][0]) if todo else None
+        upcoming = reader.submit(decode_image_array, todo[0][0]) if todo else None
         for i, (src, dst) in enumerate(todo):
             read = upcoming
-            upcoming = reader.submit(load_image, todo[i + 1][0]) if i + 1 < len(todo) else None
+            upcoming = reader.submit(decode_image_array, todo[i + 1][0]) if i + 1 < len(todo) else None
             try:
-                pred, info = enhance_one(enhance, read.result().unsqueeze(0), tiles)
+                pred, info = enhance_one(enhance, to_unit_float(read.result()).unsqueeze(0), tiles)
                 if info.get("retries"):
                     log.info("%s: enhanced in %d px tiles after running out of memory", src, info["tile"])
+                image = to_uint8(pred)
+                del pred
             except Exception as error:
                 failed(src, dst, error)
                 continue
             finally:
                 progress.update()
             written()
-            writing = (src, dst, writer.submit(_write_output, dst, pred))
+            writing = (src, dst, writer.submit(save_png_atomic, dst, image))
         written()
     finally:  # also on Ctrl-C: the output under way is finished, and what finished is recorded
         reader.shutdown(cancel_futures=True)
@@ -547,10 +554,6 @@ def run_infer(
                 "could not record the finished outputs in %s (%s); a re-run redoes them", manifest_path, error
             )
     return summary
-
-
-def _write_output(dst: Path, pred: torch.Tensor) -> None:
-    save_png_atomic(dst, to_uint8(pred))
 
 
 def _is_per_image_failure(error: Exception) -> bool:

@@ -986,20 +986,20 @@ class Overlap:
         self.names = names
         self.decoded = [threading.Event() for _ in names]
         self.forward = [threading.Event() for _ in names]
-        real_load, real_write = predict.load_image, predict._write_output
+        real_decode, real_write = predict.decode_image_array, predict.save_png_atomic
 
-        def load(path, *args, **kwargs):
-            image = real_load(path, *args, **kwargs)
+        def decode(path):
+            image = real_decode(path)
             self.decoded[names.index(Path(path).name)].set()
             return image
 
-        def write(dst, pred):  # each output is written only once the model has moved on to the next
-            i = names.index(dst.name)
+        def write(dst, array):  # each output is written only once the model has moved on to the next
+            i = names.index(Path(dst).name)
             assert i + 1 == len(names) or self.forward[i + 1].wait(10), f"{dst.name} not written behind"
-            real_write(dst, pred)
+            real_write(dst, array)
 
-        monkeypatch.setattr(predict, "load_image", load)
-        monkeypatch.setattr(predict, "_write_output", write)
+        monkeypatch.setattr(predict, "decode_image_array", decode)
+        monkeypatch.setattr(predict, "save_png_atomic", write)
 
     def model(self, fn=lambda i, x: 1 - x) -> Stub:
         def forward(x: torch.Tensor) -> torch.Tensor:

@@ -181,6 +181,20 @@ def test_quantize_8bit() -> None:
     assert torch.equal(quantize_8bit(q), q)
 
 
+def test_saved_images_hold_the_levels_the_metrics_score() -> None:
+    """infer/bench write ``to_uint8(pred)``; bench scores ``quantize_8bit(pred)``: the same 8-bit levels,
+    out-of-range values and exact half levels (k + 0.5) / 255 included."""
+    from engine.predict import to_uint8
+
+    halves = (torch.arange(256.0) + 0.5) / 255
+    x = torch.cat([torch.rand(3 * 40 * 50) * 1.6 - 0.3, halves, torch.tensor([-1.0, 2.0])])
+    x = x[: 3 * (x.numel() // 3)].reshape(1, 3, 1, -1)
+    saved = to_uint8(x)
+    assert saved.dtype == np.uint8 and saved.shape == (1, x.shape[-1], 3)
+    expected = (quantize_8bit(x)[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(saved, expected)
+
+
 def test_gt_mean_rescale_and_separate_columns() -> None:
     target = smooth_image(96, 96)
     dark = quantize_8bit(target * 0.5)  # correct structure, half the brightness
