@@ -171,7 +171,7 @@ def test_quality_runs_end_to_end(quality_run):
 
 
 def test_gain_interval_over_seeds():
-    # the ten per-seed gains of the README's default (CPU): mean +3.37, 95 % interval 2.99 to 3.76
+    # the ten per-seed gains of the README's width-32 model (CPU): mean +3.37, 95 % interval 2.99 to 3.76
     gains = [3.47, 2.85, 3.30, 4.32, 2.86, 3.05, 3.01, 3.43, 4.29, 3.15]
     spread = gain_interval(gains)
     sd = (sum((g - 3.373) ** 2 for g in gains) / 9) ** 0.5

@@ -65,8 +65,8 @@ class ModelHparams:
     """Size of the separation block's Gaussian kernel (odd)."""
     sigma: float = 3.0
     """Initial standard deviation of the separation Gaussian, in pixels."""
-    embed_dim: int = 32
-    """Feature width at the first resolution; it doubles at every level."""
+    embed_dim: int = 44
+    """Feature width at the first resolution; it doubles at every level (44: see README, quality)."""
     num_heads: int = 2
     """Attention heads at the first resolution; they double at every level."""
     mlp_ratio: float = 2.0
@@ -267,9 +267,9 @@ class TileHparams:
     tile_overlap: int = 32
     """Overlap between tiles, in pixels."""
     max_pixels: int = 2_100_000
-    """Images with more pixels than this are enhanced in tiles (memory bound); out-of-memory also tiles.
-    A 1080p frame still runs whole; 4K is tiled, which keeps a 3840x2160 image under 3 GB of peak
-    memory on a CPU."""
+    """Images with more pixels than this are enhanced in tiles of half as many pixels (memory bound);
+    out-of-memory also tiles. A 1080p frame still runs whole; 4K is tiled in 1024 px tiles, which
+    keeps a 3840x2160 image under 3 GB of peak memory on a CPU."""
 
     def __post_init__(self) -> None:
         _check(self.tile is None or self.tile >= 16, f"--tile must be >= 16, got {self.tile}")

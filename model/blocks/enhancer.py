@@ -183,7 +183,7 @@ class Enhancer(nn.Module):
         kernel_size: int = 15,
         sigma: float = 3.0,
         trainable_separation: bool = False,
-        embed_dim: int = 32,
+        embed_dim: int = 44,
         num_heads: int = 2,
         mlp_ratio: float = 2.0,
         num_resolution: int = 3,
