@@ -494,6 +494,10 @@ def run_infer(
         summary.failed.append((src, str(error)))
         dst.unlink(missing_ok=True)  # with --overwrite: no stale output of an earlier run remains
 
+    def finished(src: Path, dst: Path) -> None:
+        records[key(dst)] = done_record(src)
+        summary.enhanced.append(dst)
+
     def written() -> None:
         """Wait for the output under way; record it once its file is complete."""
         nonlocal writing, last_flush
@@ -507,8 +511,7 @@ def run_infer(
             failed(src, dst, error)
             return
         writing = None
-        records[key(dst)] = done_record(src)
-        summary.enhanced.append(dst)
+        finished(src, dst)
         if time.monotonic() - last_flush >= MANIFEST_FLUSH_S:
             write_manifest()
             last_flush = time.monotonic()
@@ -545,8 +548,7 @@ def run_infer(
         writer.shutdown()
         progress.close()
         if writing is not None and writing[2].exception() is None:
-            records[key(writing[1])] = done_record(writing[0])
-            summary.enhanced.append(writing[1])
+            finished(*writing[:2])
         try:
             write_manifest()
         except OSError as error:  # e.g. a full disk; must not hide the error that stopped the loop
