@@ -7,7 +7,8 @@ strategy and seeding come from the engine's runtime settings. The GPU is never c
 Fault tolerance lives here too: checkpoints are written atomically (:class:`AtomicCheckpointIO`),
 carry the Python/NumPy/torch RNG states that Lightning does not save (:class:`RngState`), a Ctrl-C
 stops at the next batch boundary like Lightning's SIGTERM handling (:class:`GracefulInterrupt`),
-and an interruption writes ``interrupted.ckpt`` (:class:`InterruptCheckpoint`).
+an interruption writes ``interrupted.ckpt`` (:class:`InterruptCheckpoint`), and TensorBoard's
+events are on disk before any checkpoint is (:class:`FlushLogsOnCheckpoint`).
 """
 
 import io
@@ -35,6 +36,8 @@ from utils.hparams import check_compile_mode, first_device_index
 from utils.utils import atomic_write_bytes, log
 
 MONITOR = "valid/3_total"
+LAST = "last"
+"""File stem of the checkpoint written after every finished training epoch."""
 INTERRUPTED = "interrupted"
 """File stem of the checkpoint written when training stops on a signal or an error."""
 
@@ -132,30 +135,57 @@ class LightningEngine:
         )
 
     # ------------------------------------------------------------------------------------ stages
-    def fit_trainer(self, session_dir: Path, patience: int, **loop: Any) -> L.Trainer:
-        """Trainer for one training session: TensorBoard under ``session_dir``, best-by-``valid/3_total``
-        and ``last.ckpt`` checkpoints, early stopping, LR monitor, RNG states in every checkpoint,
-        graceful Ctrl-C and ``interrupted.ckpt`` on interruption."""
+    def fit_trainer(
+        self, session_dir: Path, patience: int, resume_step: int | None = None, **loop: Any
+    ) -> L.Trainer:
+        """Trainer for one training session: TensorBoard under ``session_dir``, ``best.ckpt`` (best by
+        ``valid/3_total``) and ``last.ckpt`` (after every finished epoch) checkpoints, early stopping,
+        LR monitor, RNG states in every checkpoint, graceful Ctrl-C and ``interrupted.ckpt`` on
+        interruption.
+
+        ``resume_step``: the global step of the checkpoint the session resumes from. TensorBoard then
+        hides what the stopped run logged at that step or later (``SummaryWriter(purge_step=...)``),
+        which the resumed run logs again, and the placeholder ``hp_metric`` is not written twice.
+        """
         ckpt_dir = session_dir / "checkpoints"
         callbacks = [
+            # Two callbacks, as Lightning's documentation intends: save_last=True would write
+            # last.ckpt only when a top-k checkpoint is saved, i.e. "the last improvement".
             ModelCheckpoint(
                 dirpath=ckpt_dir,
                 filename="best",
                 monitor=MONITOR,
                 mode="min",
                 save_top_k=1,
-                save_last=True,
                 auto_insert_metric_name=False,
+                enable_version_counter=False,
+            ),
+            # monitor=None: the newest epoch, at the end of every training epoch whatever was
+            # monitored. Listed second, so at an epoch end best.ckpt is written first and last.ckpt
+            # carries the best callback's updated state.
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename=LAST,
+                monitor=None,
+                save_top_k=1,
+                every_n_epochs=1,
+                save_on_train_epoch_end=True,
                 enable_version_counter=False,
             ),
             EarlyStopping(monitor=MONITOR, mode="min", patience=patience),
             LearningRateMonitor(logging_interval="step"),
             RngState(),
+            FlushLogsOnCheckpoint(),
             GracefulInterrupt(),
             InterruptCheckpoint(dirpath=ckpt_dir, filename=INTERRUPTED),
         ]
+        purge = {} if resume_step is None else {"purge_step": resume_step}
         logger = TensorBoardLogger(
-            save_dir=str(session_dir.parent), name=session_dir.name, version="", default_hp_metric=True
+            save_dir=str(session_dir.parent),
+            name=session_dir.name,
+            version="",
+            default_hp_metric=resume_step is None,
+            **purge,
         )
         return self.trainer(callbacks, logger=logger, **loop)
 
@@ -260,11 +290,11 @@ class RngState(Callback):
 
 
 class GracefulInterrupt(Callback):
-    """The first Ctrl-C (SIGINT) during training stops at the next point where the training state is
-    whole: the end of a training batch, the start of an epoch or the end of training (never inside an
-    optimizer step or a validation pass, from which Lightning cannot resume cleanly), the way
-    Lightning handles SIGTERM. A second Ctrl-C stops at once. Lightning then runs the
-    ``on_exception`` hooks (:class:`InterruptCheckpoint`), closes the loggers and exits with status 1."""
+    """The first Ctrl-C (SIGINT) during training stops the way Lightning stops on SIGTERM, by raising
+    SIGTERM in this process: after the current training batch has stepped and logged its scalars
+    (the point Lightning's mid-epoch resume expects), or at the end of the epoch. A second Ctrl-C
+    stops at once. Lightning then runs the ``on_exception`` hooks (:class:`InterruptCheckpoint`) and
+    closes the loggers; ``requested`` tells the runner that the stop was a Ctrl-C."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -279,18 +309,26 @@ class GracefulInterrupt(Callback):
             raise KeyboardInterrupt
         self.requested = True
         log.warning("Ctrl-C: stopping after the current training batch (press Ctrl-C again to stop at once)")
-
-    def _stop_if_requested(self, *_: Any, **__: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    on_train_batch_end = _stop_if_requested
-    on_train_epoch_start = _stop_if_requested
+        signal.raise_signal(signal.SIGTERM)  # Lightning's handler: stop at the next safe point
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if signal.getsignal(signal.SIGINT) == self._request:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        self._stop_if_requested()
+        if self.requested:  # during the last batch: stop before the closing validation and bench
+            raise KeyboardInterrupt
+
+
+class FlushLogsOnCheckpoint(Callback):
+    """Flush TensorBoard's event queue whenever a checkpoint is written, before the file: every scalar
+    logged up to a checkpoint is on disk when the checkpoint is, so a run killed outright (SIGKILL,
+    out of memory) and resumed from it loses no step of its curves (the writer otherwise flushes every
+    10 events or 120 s)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.flush()
 
 
 class InterruptCheckpoint(Callback):

@@ -10,8 +10,8 @@ Layout of one run (``train.py`` invocation)::
 Every run gets a fresh ``version_<N>`` (created with an exclusive ``mkdir``), so two runs with the
 same ``experiment_name`` never write into each other's folders. ``--resume`` picks the newest
 version and continues each session that has no ``result.json`` from its newest checkpoint:
-``last.ckpt`` (written after every validation) or ``interrupted.ckpt`` (written on Ctrl-C, SIGTERM or
-an error), whichever holds more steps. A checkpoint that cannot be read or does not fit the model
+``last.ckpt`` (written after every finished epoch) or ``interrupted.ckpt`` (written on Ctrl-C, SIGTERM
+or an error), whichever holds more steps. A checkpoint that cannot be read or does not fit the model
 is an error naming it and the other checkpoints of its folder, never a silent fresh start.
 """
 
@@ -26,10 +26,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.dataloader import LowLightDataModule
-from engine.engine import INTERRUPTED, MONITOR, InterruptCheckpoint, LightningEngine
+from engine.engine import (
+    INTERRUPTED,
+    LAST,
+    MONITOR,
+    GracefulInterrupt,
+    InterruptCheckpoint,
+    LightningEngine,
+)
 from model.model import (
     ARCHITECTURE,
     CheckpointError,
@@ -124,12 +132,17 @@ def is_rank_zero() -> bool:
 
 
 def _external_launch_id() -> str | None:
-    """An id shared by every process of a torchrun / srun launch with several processes, else None."""
+    """An id shared by every process of one attempt of a torchrun / srun launch with several
+    processes, else None. It includes the restart count (a requeued SLURM job keeps its job id, a
+    torchrun restart its run id and port), so that the ranks of a restarted attempt never read the
+    pointer of the attempt before it."""
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-        return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+        step, restart = os.environ.get("SLURM_STEP_ID", "0"), os.environ.get("SLURM_RESTART_COUNT", "0")
+        return f"slurm-{os.environ['SLURM_JOB_ID']}-{step}-r{restart}"
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        return f"torchrun-{run_id}-{os.environ.get('MASTER_ADDR', '')}-{os.environ.get('MASTER_PORT', '')}"
+        address = f"{os.environ.get('MASTER_ADDR', '')}-{os.environ.get('MASTER_PORT', '')}"
+        return f"torchrun-{run_id}-{address}-r{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     return None
 
 
@@ -227,14 +240,14 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             log.info("session %s already finished (%s); skipping it", session, done)
             results.append(result)
             continue
-        trainer = engine.fit_trainer(
-            session_dir,
+        loop = dict(
             patience=hp.patience,
             max_epochs=hp.max_epochs,
             check_val_every_n_epoch=hp.check_val_every_n_epoch,
             log_every_n_steps=hp.log_every_n_steps,
             gradient_clip_val=hp.gradient_clip_val or None,
         )
+        trainer = engine.fit_trainer(session_dir, **loop)
         module = build_module(hp, session)  # after fit_trainer seeded everything: --seed sets the weights
         ckpt_path = None
         if explicit is not None and hp.resume:
@@ -244,12 +257,16 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             ckpt_path, checkpoint = newest_checkpoint(session_dir, module) or (None, None)
         if ckpt_path is not None:
             log.info(
-                "session %s: resuming from %s (epoch %d, global step %d)",
+                "session %s: resuming from %s (epoch %d, global step %d%s)",
                 session,
                 ckpt_path,
                 checkpoint["epoch"],
                 checkpoint["global_step"],
+                _where(checkpoint),
             )
+            # TensorBoard hides what the stopped run logged from this step on (the resumed run logs it
+            # again); the RNG states come from the checkpoint, so seeding again changes nothing.
+            trainer = engine.fit_trainer(session_dir, resume_step=checkpoint["global_step"], **loop)
         else:
             explicit = _initialise(module, session, session_dir, explicit, results)
         datamodule = build_datamodule(hp, hp.seed)
@@ -373,7 +390,9 @@ def _frozen_best(run_dir: Path, results: list[SessionResult]) -> Path | None:
 
 
 def _interrupted(stop: SystemExit, session: str, trainer) -> TrainingInterrupted:
-    signal_name, code = ("SIGTERM", 143) if isinstance(stop, SIGTERMException) else ("Ctrl-C (SIGINT)", 130)
+    ctrl_c = any(isinstance(c, GracefulInterrupt) and c.requested for c in trainer.callbacks)
+    sigterm = isinstance(stop, SIGTERMException) and not ctrl_c  # a Ctrl-C stops through SIGTERM
+    signal_name, code = ("SIGTERM", 143) if sigterm else ("Ctrl-C (SIGINT)", 130)
     saver = next((c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
     saved = f"checkpoint saved: {saver.saved}" if saver is not None and saver.saved else "no checkpoint saved"
     return TrainingInterrupted(
@@ -402,18 +421,34 @@ def resume_command(argv: list[str], checkpoint_in_config: bool = False) -> str:
     return shlex.join(["python", argv[0], *args, "--resume", "true"])
 
 
+def _where(checkpoint: dict) -> str:
+    """Where in its epoch a checkpoint was saved, for the resume message."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs = loops.get("epoch_progress", {}).get("current", {})
+    if epochs.get("started", 0) > epochs.get("processed", 0):  # inside an epoch (interrupted.ckpt)
+        done = loops["epoch_loop.batch_progress"]["current"]["processed"]
+        return f"; stopped after batch {done} of epoch {checkpoint['epoch']}"
+    return f"; after {epochs.get('processed', 0)} finished epochs"
+
+
 def _finish_session(session, trainer, module, datamodule) -> SessionResult:
     """Validate the best checkpoint once more to report what it reached."""
-    callback = trainer.checkpoint_callback
-    best = callback.best_model_path or callback.last_model_path
-    metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    best_cb, last_cb = (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint))
+    best = best_cb.best_model_path or last_cb.best_model_path
+    # Without the loggers: the curves already hold every epoch's values, and a validate() with them
+    # would log the hyper-parameters' placeholder hp_metric at step 0 a second time.
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    finally:
+        trainer.loggers = loggers
     if trainer.logger is not None:  # the HPARAMS tab of TensorBoard: hyper-parameters vs best PSNR
         trainer.logger.log_metrics({"hp_metric": float(metrics["valid/psnr"])}, step=trainer.global_step)
         trainer.logger.finalize("success")
     return SessionResult(
         session=session,
         best_checkpoint=best,
-        last_checkpoint=str(Path(callback.dirpath) / "last.ckpt"),
+        last_checkpoint=last_cb.best_model_path or str(Path(last_cb.dirpath) / f"{LAST}.ckpt"),
         valid_psnr=float(metrics["valid/psnr"]),
         valid_ssim=float(metrics["valid/ssim"]),
         valid_total=float(metrics[MONITOR]),

@@ -31,6 +31,7 @@ from utils.hparams import LEGACY_DEFAULTS
 from utils.metrics import psnr, quantize_8bit, ssim
 
 VALID_KEYS = ("1_mae", "2_mse", "3_total", "psnr", "ssim")
+TRAIN_KEYS = ("mae", "mse", "total")
 """Validation values, logged as ``valid/<key>``: the mean over the whole split."""
 
 log = logging.getLogger("illrecnet")
@@ -91,6 +92,10 @@ class LowLightEnhancerLightning(L.LightningModule):
         # Per-image means accumulated as (sum, count) and summed across ranks at the epoch end, so
         # DDP shards of unequal size still give the exact mean over the split.
         self.valid_means = nn.ModuleDict({key: MeanMetric(nan_strategy="disable") for key in VALID_KEYS})
+        # Rank-local training means of the epoch, kept in checkpoints (see on_train_epoch_end)
+        self.train_means = nn.ModuleDict(
+            {key: MeanMetric(nan_strategy="disable", sync_on_compute=False) for key in TRAIN_KEYS}
+        )
         self._log_images: list[tuple[str, Tensor]] = []
         self._batch_names: list[str] = []
         self._skip_step = False
@@ -160,9 +165,19 @@ class LowLightEnhancerLightning(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["skipped_nonfinite"] = self.skipped_nonfinite
+        # the epoch's running means, so that a run stopped inside an epoch logs the same epoch means
+        checkpoint["train_means"] = {
+            key: {name: value.detach().cpu() for name, value in metric.metric_state.items()}
+            for key, metric in self.train_means.items()
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_nonfinite = int(checkpoint.get("skipped_nonfinite", 0))
+        for key, saved_state in checkpoint.get("train_means", {}).items():
+            metric = self.train_means[key]
+            for name, value in saved_state.items():
+                setattr(metric, name, value.to(getattr(metric, name).device))
+            metric._update_count = int(float(metric.weight) > 0)  # counts as updated: compute() works
         # A checkpoint older than an option of LEGACY_DEFAULTS, loaded through Lightning's own
         # load_from_checkpoint (the scripts use load_checkpoint, which fills these in before building):
         # this module was built with today's default, so rebuild the enhancer as the checkpoint's was.
@@ -174,16 +189,25 @@ class LowLightEnhancerLightning(L.LightningModule):
             self.model = self._build_enhancer().to(device=weight.device, dtype=weight.dtype)
 
     def _log_train_losses(self, losses: dict[str, Tensor], batch_size: int) -> None:
-        """Per step and per epoch (rank-local; validation values are the synced ones)."""
-        for i, key in enumerate(("mae", "mse", "total"), start=1):
-            self.log(
-                f"train/{i}_{key}",
-                losses[key],
-                on_step=True,
-                on_epoch=True,
-                batch_size=batch_size,
-                prog_bar=key == "total",
-            )
+        """Per step (``train/<i>_<key>_step``) and into the epoch means (:meth:`on_train_epoch_end`)."""
+        for i, key in enumerate(TRAIN_KEYS, start=1):
+            name = f"train/{i}_{key}_step"
+            self.log(name, losses[key], on_step=True, on_epoch=False, prog_bar=key == "total")
+            self.train_means[key].update(losses[key].detach().float(), weight=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        """Write ``train/<i>_<key>_epoch`` (rank 0's means) straight to the loggers, at the step where
+        Lightning writes epoch-end values. ``self.log(on_epoch=True)`` would reach the loggers only
+        after the epoch-end checkpoint is saved, so a run killed right after ``last.ckpt`` and resumed
+        from it would miss that epoch's means."""
+        means = {}
+        for i, (key, metric) in enumerate(self.train_means.items(), start=1):
+            if metric.update_called and float(metric.weight) > 0:
+                means[f"train/{i}_{key}_epoch"] = float(metric.compute())
+            metric.reset()
+        if means and self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({**means, "epoch": self.current_epoch}, step=max(0, self.global_step - 1))
 
     # --------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,0 +1,237 @@
+"""``last.ckpt`` is the last finished epoch, and every way a training run can stop resumes to exactly
+what an uninterrupted run leaves on disk: checkpoints (epoch, step, weights, optimizer), result.json,
+summary.json and the TensorBoard scalars (each step once, none missing).
+
+The run's validation pair is one that training makes worse (its target is darker than its input,
+while training pairs brighten), so the best epoch is the first and the last epochs never improve:
+``ModelCheckpoint(save_last=True)`` beside the best-by-``valid/3_total`` callback left ``last.ckpt`` at
+that first epoch. Each scenario stops the run at an exact point through tests/fault_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from engine.runner import RUN_DIR_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS, STEPS = 3, 4  # 4 training pairs x train_repeat 2, batch 2: 4 steps an epoch
+SESSIONS = ("frozen", "trainable")
+
+
+def write_pairs(folder: Path, count: int, seed: int, brighten: bool) -> None:
+    rng = np.random.default_rng(seed)
+    for side in ("low", "high"):
+        (folder / "Tiny" / side).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        high = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+        low = high // 5 if brighten else high
+        target = high if brighten else high // 2
+        Image.fromarray(low).save(folder / "Tiny" / "low" / f"{i}.png")
+        Image.fromarray(target).save(folder / "Tiny" / "high" / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_pairs(root / "1_train", 4, seed=0, brighten=True)
+    write_pairs(root / "2_valid", 1, seed=1, brighten=False)
+    return root
+
+
+def flags(data: Path, log_dir: Path) -> list[str]:
+    values = {
+        "train_data_path": data / "1_train",
+        "valid_data_path": data / "2_valid",
+        "bench_data_path": data / "none",
+        "infer_data_path": data / "none",
+        "embed_dim": 8,
+        "num_heads": 1,
+        "image_size": 32,
+        "batch_size": 2,
+        "train_repeat": 2,
+        "num_workers": 0,
+        "lr": 0.002,
+        "max_epochs": EPOCHS,
+        "session": "both",
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "deterministic": "true",
+        "log_dir": log_dir,
+        "experiment_name": "run",
+        "log_every_n_steps": 1,
+        "num_log_images": 1,
+    }
+    return [arg for k, v in values.items() for arg in (f"--{k}", str(v))]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV and not k.startswith("PL_")}
+    env |= {"ILLRECNET_IQA_DOWNLOAD": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar as TensorBoard shows it: (step, value) per tag, in order."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    for tag in accumulator.Tags()["scalars"]:
+        found[tag] = [(e.step, e.value) for e in accumulator.Scalars(tag)]
+    return found
+
+
+def on_disk(log_dir: Path) -> dict:
+    """What a run left: per session, each checkpoint's epoch, step, loops, weights and optimizer state,
+    result.json and the scalars; and summary.json (paths relative to the log folder)."""
+    run_dir = log_dir / "run" / "version_0"
+    state: dict = {"runs": sorted(p.name for p in (log_dir / "run").iterdir() if p.is_dir())}
+    for session in SESSIONS:
+        folder = run_dir / session
+        checkpoints = {}
+        for path in sorted((folder / "checkpoints").iterdir()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoints[path.name] = {
+                "epoch": ckpt["epoch"],
+                "global_step": ckpt["global_step"],
+                "loops": ckpt["loops"],
+                "state_dict": ckpt["state_dict"],
+                "optimizer": ckpt["optimizer_states"],
+                "lr_schedulers": ckpt["lr_schedulers"],
+            }
+        result = (folder / "result.json").read_text().replace(str(log_dir), "LOG")
+        result = json.loads(result)
+        state[session] = {"checkpoints": checkpoints, "result": result, "scalars": scalars(folder)}
+    state["summary"] = json.loads((run_dir / "summary.json").read_text().replace(str(log_dir), "LOG"))
+    return state
+
+
+def assert_same(a, b, where: str = "") -> None:
+    """Deep equality, tensors exactly, naming the first place that differs."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, sorted(a), sorted(b))
+        for key in a:
+            assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), (where, a, b)
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory) -> dict:
+    log_dir = tmp_path_factory.mktemp("straight")
+    done = run("train.py", *flags(data, log_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return on_disk(log_dir)
+
+
+@pytest.mark.slow
+def test_uninterrupted_run_keeps_the_last_epoch_in_last_ckpt_and_the_best_in_best_ckpt(straight) -> None:
+    for session in SESSIONS:
+        checkpoints = straight[session]["checkpoints"]
+        assert sorted(checkpoints) == ["best.ckpt", "last.ckpt"]
+        last, best = checkpoints["last.ckpt"], checkpoints["best.ckpt"]
+        assert (last["epoch"], last["global_step"]) == (EPOCHS - 1, EPOCHS * STEPS), session
+        # the run this test needs: its last epochs did not improve valid/3_total
+        assert best["epoch"] < EPOCHS - 1 and best["global_step"] == (best["epoch"] + 1) * STEPS, session
+        totals = straight[session]["scalars"]["valid/3_total"]
+        assert [step for step, _ in totals] == [3, 7, 11]  # one value an epoch, at its last step
+        assert totals[best["epoch"]][1] == min(value for _, value in totals), totals
+        assert straight[session]["result"]["valid_total"] == pytest.approx(totals[best["epoch"]][1])
+        assert [step for step, _ in straight[session]["scalars"]["hp_metric"]] == [0, EPOCHS * STEPS]
+        result = straight[session]["result"]
+        assert result["epochs"] == EPOCHS and result["global_step"] == EPOCHS * STEPS
+        assert result["best_checkpoint"].endswith("best.ckpt")
+        assert result["last_checkpoint"].endswith("last.ckpt")
+        steps = [step for step, _ in straight[session]["scalars"]["train/3_total_step"]]
+        assert steps == list(range(EPOCHS * STEPS))  # each step once
+        assert [s for s, _ in straight[session]["scalars"]["train/3_total_epoch"]] == [3, 7, 11]
+    assert straight["frozen"]["checkpoints"]["best.ckpt"]["epoch"] == 0  # two epochs without improvement
+    # the trainable session started from the frozen session's best, not its last epoch
+    frozen_best = straight["frozen"]["checkpoints"]["best.ckpt"]["state_dict"]
+    frozen_last = straight["frozen"]["checkpoints"]["last.ckpt"]["state_dict"]
+    assert not all(torch.equal(frozen_best[k], frozen_last[k]) for k in frozen_best)
+
+
+SCENARIOS = {
+    "SIGKILL at the end of epoch 1": "after-last:1",
+    "SIGKILL inside epoch 1": f"at-sample:{2 * STEPS * 1 + 5}:SIGKILL",
+    "SIGINT inside epoch 1": f"at-sample:{2 * STEPS * 1 + 5}:SIGINT",
+    "SIGTERM inside epoch 2": f"at-sample:{2 * STEPS * 2 + 3}:SIGTERM",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_every_way_of_stopping_resumes_to_what_an_uninterrupted_run_leaves(
+    data, tmp_path, straight, fault
+) -> None:
+    args = flags(data, tmp_path)
+    stopped = run("tests/fault_train.py", fault, *args)
+    assert stopped.returncode == {"SIGINT": 130, "SIGTERM": 143}.get(fault.rsplit(":", 1)[-1], -9), (
+        stopped.stderr[-3000:]
+    )
+    ckpt_dir = tmp_path / "run" / "version_0" / "frozen" / "checkpoints"
+    assert not (ckpt_dir.parent / "result.json").exists()
+    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    interrupted = ckpt_dir / "interrupted.ckpt"
+    if fault.endswith(("SIGINT", "SIGTERM")):
+        newest = torch.load(interrupted, map_location="cpu", weights_only=True)
+        assert newest["global_step"] > last["global_step"]
+        resume_from, where = interrupted, "stopped after batch"
+    else:
+        assert not interrupted.exists()
+        newest, resume_from, where = last, ckpt_dir / "last.ckpt", "finished epochs"
+
+    resumed = run("train.py", *args, "--resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    message = (
+        f"session frozen: resuming from {resume_from} (epoch {newest['epoch']}, "
+        f"global step {newest['global_step']}; "
+    )
+    assert message in resumed.stderr and where in resumed.stderr, resumed.stderr[-3000:]
+    assert_same(straight, on_disk(tmp_path))
+
+
+def test_a_restarted_distributed_launch_never_reads_the_run_folder_of_the_attempt_before(
+    tmp_path, monkeypatch
+) -> None:
+    """Under torchrun, rank 0 announces the run folder in a pointer file that the other ranks read. A
+    torchrun restart keeps the run id and port: its ranks must wait for the new attempt's pointer, not
+    follow the previous attempt's (which named another folder)."""
+    from engine import runner
+
+    experiment = tmp_path / "exp"
+    monkeypatch.setattr(runner, "POINTER_WAIT_S", 1.0)
+    launch = {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "job", "MASTER_ADDR": "node", "MASTER_PORT": "29500"}
+    for key, value in launch.items():
+        monkeypatch.setenv(key, value)
+
+    def rank(number: int, attempt: int) -> Path:
+        monkeypatch.setenv(RUN_DIR_ENV, "")
+        monkeypatch.setenv("RANK", str(number))
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
+        return runner.resolve_run_dir(experiment, resume=False)
+
+    assert rank(0, 0) == rank(1, 0) == experiment / "version_0"
+    with pytest.raises(RuntimeError, match="did not announce the run folder"):
+        rank(1, 1)  # attempt 1, before its rank 0 chose: waits, never takes version_0
+    assert rank(0, 1) == rank(1, 1) == experiment / "version_1"
