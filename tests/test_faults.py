@@ -315,7 +315,8 @@ def test_fault_29_sigkill_then_resume_matches_an_uninterrupted_run(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
     assert (
-        f"resuming from {last} (epoch {saved['epoch']}, global step {saved['global_step']})" in resumed.stderr
+        f"resuming from {last} (epoch {saved['epoch']}, global step {saved['global_step']}; after "
+        in resumed.stderr
     )
     assert not (tmp_path / "killed" / "version_1").exists()  # continued in place, no new run
     for session in ("frozen", "trainable"):
@@ -588,7 +589,7 @@ def test_explicit_checkpoint_resumes_or_initialises(
         data, tmp_path, max_epochs=3, checkpoint_path=str(last), resume=True, experiment_name="r"
     )
     _, results = fresh_run(monkeypatch, hp)
-    assert f"resuming from {last} (epoch 1, global step 4)" in caplog.text
+    assert f"resuming from {last} (epoch 1, global step 4; after 2 finished epochs)" in caplog.text
     assert results[0].global_step == 3 * 2  # continued: one more epoch
 
 
