@@ -31,8 +31,9 @@ from utils.hparams import LEGACY_DEFAULTS
 from utils.metrics import psnr, quantize_8bit, ssim
 
 VALID_KEYS = ("1_mae", "2_mse", "3_total", "psnr", "ssim")
-TRAIN_KEYS = ("mae", "mse", "total")
 """Validation values, logged as ``valid/<key>``: the mean over the whole split."""
+TRAIN_KEYS = ("mae", "mse", "total")
+"""Training losses, logged as ``train/<i>_<key>_step`` and ``train/<i>_<key>_epoch``."""
 
 log = logging.getLogger("illrecnet")
 
