@@ -8,7 +8,8 @@ Fault tolerance lives here too: checkpoints are written atomically (:class:`Atom
 carry the Python/NumPy/torch RNG states that Lightning does not save (:class:`RngState`), a Ctrl-C
 stops at the next batch boundary like Lightning's SIGTERM handling (:class:`GracefulInterrupt`),
 an interruption writes ``interrupted.ckpt`` (:class:`InterruptCheckpoint`), and TensorBoard's
-events are on disk before any checkpoint is (:class:`FlushLogsOnCheckpoint`).
+events are on disk before any checkpoint is (:class:`FlushLogsOnCheckpoint`), and a resume keeps
+the record of a ``best.ckpt`` newer than its starting point (:class:`KeepNewerBest`).
 """
 
 import io
@@ -136,16 +137,17 @@ class LightningEngine:
 
     # ------------------------------------------------------------------------------------ stages
     def fit_trainer(
-        self, session_dir: Path, patience: int, resume_step: int | None = None, **loop: Any
+        self, session_dir: Path, patience: int, purge_step: int | None = None, **loop: Any
     ) -> L.Trainer:
         """Trainer for one training session: TensorBoard under ``session_dir``, ``best.ckpt`` (best by
         ``valid/3_total``) and ``last.ckpt`` (after every finished epoch) checkpoints, early stopping,
         LR monitor, RNG states in every checkpoint, graceful Ctrl-C and ``interrupted.ckpt`` on
         interruption.
 
-        ``resume_step``: the global step of the checkpoint the session resumes from. TensorBoard then
-        hides what the stopped run logged at that step or later (``SummaryWriter(purge_step=...)``),
-        which the resumed run logs again, and the placeholder ``hp_metric`` is not written twice.
+        ``purge_step``: the global step the session continues from (0 for a session started again).
+        TensorBoard then hides what the stopped run logged at that step or later
+        (``SummaryWriter(purge_step=...)``), which the new run logs again; the placeholder ``hp_metric``
+        of step 0 is written only when step 0 is logged anew.
         """
         ckpt_dir = session_dir / "checkpoints"
         callbacks = [
@@ -172,6 +174,7 @@ class LightningEngine:
                 save_on_train_epoch_end=True,
                 enable_version_counter=False,
             ),
+            KeepNewerBest(),
             EarlyStopping(monitor=MONITOR, mode="min", patience=patience),
             LearningRateMonitor(logging_interval="step"),
             RngState(),
@@ -179,12 +182,12 @@ class LightningEngine:
             GracefulInterrupt(),
             InterruptCheckpoint(dirpath=ckpt_dir, filename=INTERRUPTED),
         ]
-        purge = {} if resume_step is None else {"purge_step": resume_step}
+        purge = {} if purge_step is None else {"purge_step": purge_step}
         logger = TensorBoardLogger(
             save_dir=str(session_dir.parent),
             name=session_dir.name,
             version="",
-            default_hp_metric=resume_step is None,
+            default_hp_metric=not purge_step,
             **purge,
         )
         return self.trainer(callbacks, logger=logger, **loop)
@@ -329,6 +332,39 @@ class FlushLogsOnCheckpoint(Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.flush()
+
+
+class KeepNewerBest(Callback):
+    """At an epoch end ``best.ckpt`` is written just before ``last.ckpt``. A run killed between the two
+    resumes from the previous epoch (or starts again, after its first epoch) while ``best.ckpt`` holds
+    the epoch after it. The restored best callback would then know only the older, worse score, and
+    a later epoch better than that one but worse than the file would replace the better model.
+    When training starts and ``best.ckpt`` has more steps than the state training continues from,
+    the best callback takes the record saved inside ``best.ckpt`` (its own ``load_state_dict``), so
+    the file is replaced only by a better epoch."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint) or callback.monitor != MONITOR:
+                continue
+            path = Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}"
+            if not path.is_file():
+                continue
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            record = saved.get("callbacks", {}).get(callback.state_key)
+            if saved.get("global_step", 0) > trainer.global_step and record is not None:
+                callback.load_state_dict(record)
+                log.warning(
+                    "%s (epoch %d, global step %d) is newer than the state training continues from "
+                    "(global step %d): the run stopped between writing it and last.ckpt; keeping it as "
+                    "the best so far (%s %.6g)",
+                    path,
+                    saved["epoch"],
+                    saved["global_step"],
+                    trainer.global_step,
+                    MONITOR,
+                    float(callback.best_model_score),
+                )
 
 
 class InterruptCheckpoint(Callback):

@@ -247,7 +247,13 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             log_every_n_steps=hp.log_every_n_steps,
             gradient_clip_val=hp.gradient_clip_val or None,
         )
-        trainer = engine.fit_trainer(session_dir, **loop)
+        # A resumed session that stopped before its first last.ckpt starts again from step 0, hiding
+        # what the stopped attempt logged (one Trainer: a second one would seed again after the model).
+        again = hp.resume and not (explicit is not None) and session_dir.is_dir()
+        again = again and not any(
+            (session_dir / "checkpoints" / f"{stem}.ckpt").is_file() for stem in (LAST, INTERRUPTED)
+        )
+        trainer = engine.fit_trainer(session_dir, purge_step=0 if again else None, **loop)
         module = build_module(hp, session)  # after fit_trainer seeded everything: --seed sets the weights
         ckpt_path = None
         if explicit is not None and hp.resume:
@@ -255,6 +261,8 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             checkpoint = resume_state(ckpt_path, module)
         elif hp.resume:
             ckpt_path, checkpoint = newest_checkpoint(session_dir, module) or (None, None)
+        if again:
+            log.info("session %s: it stopped before finishing its first epoch; starting it again", session)
         if ckpt_path is not None:
             log.info(
                 "session %s: resuming from %s (epoch %d, global step %d%s)",
@@ -266,7 +274,7 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             )
             # TensorBoard hides what the stopped run logged from this step on (the resumed run logs it
             # again); the RNG states come from the checkpoint, so seeding again changes nothing.
-            trainer = engine.fit_trainer(session_dir, resume_step=checkpoint["global_step"], **loop)
+            trainer = engine.fit_trainer(session_dir, purge_step=checkpoint["global_step"], **loop)
         else:
             explicit = _initialise(module, session, session_dir, explicit, results)
         datamodule = build_datamodule(hp, hp.seed)
@@ -304,11 +312,14 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
 def newest_checkpoint(session_dir: Path, module: LowLightEnhancerLightning) -> tuple[Path, dict] | None:
     """The checkpoint ``--resume`` continues a session from: ``last.ckpt`` or ``interrupted.ckpt``,
     whichever has more steps (``last.ckpt`` on a tie), each checked by :func:`resume_state`. None when
-    the session has no checkpoint yet; an error when its folder holds only other checkpoints."""
+    the session has no checkpoint yet, or only the ``best.ckpt`` of its first epoch (a stop between
+    that file and the epoch's ``last.ckpt``); an error when its folder holds only other checkpoints."""
     ckpt_dir = session_dir / "checkpoints"
-    found = [path for stem in ("last", INTERRUPTED) if (path := ckpt_dir / f"{stem}.ckpt").is_file()]
+    found = [path for stem in (LAST, INTERRUPTED) if (path := ckpt_dir / f"{stem}.ckpt").is_file()]
     if not found:
         others = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
+        if others == ["best.ckpt"] and read_checkpoint(ckpt_dir / "best.ckpt").get("epoch") == 0:
+            return None
         if others:
             raise CheckpointError(
                 f"--resume: {ckpt_dir} has no last.ckpt but holds {', '.join(others)}; continue from one "

@@ -3,6 +3,8 @@ point, so a test can compare what each way of stopping leaves on disk.
 
     python tests/fault_train.py after-last:<epoch> <train.py flags>
         SIGKILL right after last.ckpt of <epoch> is written
+    python tests/fault_train.py after-best:<epoch> <train.py flags>
+        SIGKILL right after best.ckpt of <epoch> is written (before that epoch's last.ckpt)
     python tests/fault_train.py at-sample:<n>:<SIGNAL> <train.py flags>
         send SIGNAL when the loader fetches training sample n (1-based)
 """
@@ -22,12 +24,12 @@ from utils.utils import parse_hparams, run_main  # noqa: E402
 
 def inject(fault: str) -> None:
     kind, *args = fault.split(":")
-    if kind == "after-last":
-        epoch, save = int(args[0]), AtomicCheckpointIO.save_checkpoint
+    if kind in ("after-last", "after-best"):
+        name, epoch, save = f"{kind[6:]}.ckpt", int(args[0]), AtomicCheckpointIO.save_checkpoint
 
         def save_then_die(self, checkpoint, path, storage_options=None):
             save(self, checkpoint, path, storage_options)
-            if Path(path).name == "last.ckpt" and checkpoint["epoch"] == epoch:
+            if Path(path).name == name and checkpoint["epoch"] == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         AtomicCheckpointIO.save_checkpoint = save_then_die

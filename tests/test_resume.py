@@ -173,9 +173,11 @@ def test_uninterrupted_run_keeps_the_last_epoch_in_last_ckpt_and_the_best_in_bes
 
 SCENARIOS = {
     "SIGKILL at the end of epoch 1": "after-last:1",
+    "SIGKILL between best.ckpt and last.ckpt of epoch 0": "after-best:0",
     "SIGKILL inside epoch 1": f"at-sample:{2 * STEPS * 1 + 5}:SIGKILL",
     "SIGINT inside epoch 1": f"at-sample:{2 * STEPS * 1 + 5}:SIGINT",
     "SIGTERM inside epoch 2": f"at-sample:{2 * STEPS * 2 + 3}:SIGTERM",
+    "SIGKILL inside the trainable session's first epoch": f"at-sample:{2 * STEPS * EPOCHS + 3}:SIGKILL",
 }
 
 
@@ -189,26 +191,65 @@ def test_every_way_of_stopping_resumes_to_what_an_uninterrupted_run_leaves(
     assert stopped.returncode == {"SIGINT": 130, "SIGTERM": 143}.get(fault.rsplit(":", 1)[-1], -9), (
         stopped.stderr[-3000:]
     )
-    ckpt_dir = tmp_path / "run" / "version_0" / "frozen" / "checkpoints"
+    run_dir = tmp_path / "run" / "version_0"
+    session = "trainable" if (run_dir / "frozen" / "result.json").exists() else "frozen"
+    ckpt_dir = run_dir / session / "checkpoints"
     assert not (ckpt_dir.parent / "result.json").exists()
-    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
     interrupted = ckpt_dir / "interrupted.ckpt"
     if fault.endswith(("SIGINT", "SIGTERM")):
+        last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
         newest = torch.load(interrupted, map_location="cpu", weights_only=True)
         assert newest["global_step"] > last["global_step"]
-        resume_from, where = interrupted, "stopped after batch"
-    else:
+        message = f"resuming from {interrupted} (epoch {newest['epoch']}, global step {newest['global_step']}; "
+        message += "stopped after batch"
+    elif (ckpt_dir / "last.ckpt").exists():
         assert not interrupted.exists()
-        newest, resume_from, where = last, ckpt_dir / "last.ckpt", "finished epochs"
+        newest = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
+        message = f"resuming from {ckpt_dir / 'last.ckpt'} (epoch {newest['epoch']}, "
+        message += f"global step {newest['global_step']}; after {newest['epoch'] + 1} finished epochs"
+    else:  # stopped in the session's first epoch: at most the best.ckpt of that epoch is on disk
+        assert sorted(p.name for p in ckpt_dir.glob("*.ckpt")) in ([], ["best.ckpt"])
+        message = "it stopped before finishing its first epoch; starting it again"
 
     resumed = run("train.py", *args, "--resume", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    message = (
-        f"session frozen: resuming from {resume_from} (epoch {newest['epoch']}, "
-        f"global step {newest['global_step']}; "
-    )
-    assert message in resumed.stderr and where in resumed.stderr, resumed.stderr[-3000:]
+    assert f"session {session}: {message}" in resumed.stderr, resumed.stderr[-3000:]
     assert_same(straight, on_disk(tmp_path))
+
+
+def test_a_resume_keeps_a_best_ckpt_newer_than_its_starting_point(tmp_path) -> None:
+    """A stop between an epoch's best.ckpt and last.ckpt resumes from the epoch before. On a GPU the
+    repeated epoch can score worse than the file it wrote the first time: the best callback must then
+    keep that file as the best, so that only a better epoch replaces it."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from engine.engine import MONITOR, KeepNewerBest
+
+    def best_callback(score: float | None) -> ModelCheckpoint:
+        callback = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor=MONITOR, mode="min")
+        if score is not None:
+            callback.best_model_score = callback.kth_value = torch.tensor(score)
+            callback.best_model_path = callback.kth_best_model_path = str(tmp_path / "best.ckpt")
+            callback.best_k_models = {callback.best_model_path: torch.tensor(score)}
+        return callback
+
+    on_disk_best = best_callback(0.3)  # what the stopped run recorded in best.ckpt at step 8
+    ckpt = {"epoch": 1, "global_step": 8, "callbacks": {on_disk_best.state_key: on_disk_best.state_dict()}}
+    torch.save(ckpt, tmp_path / "best.ckpt")
+
+    restored = best_callback(0.5)  # the record in last.ckpt of the epoch before (step 4)
+    KeepNewerBest().on_train_start(SimpleNamespace(checkpoint_callbacks=[restored], global_step=4), None)
+    assert float(restored.best_model_score) == pytest.approx(0.3)
+    one_process = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+    worse_repeat = SimpleNamespace(global_step=8, strategy=one_process)
+    assert not restored.check_monitor_top_k(worse_repeat, torch.tensor(0.4))  # 0.4: would replace 0.5
+    assert restored.check_monitor_top_k(worse_repeat, torch.tensor(0.2))
+
+    up_to_date = best_callback(0.5)  # resuming from a state as new as best.ckpt: nothing to take
+    KeepNewerBest().on_train_start(SimpleNamespace(checkpoint_callbacks=[up_to_date], global_step=8), None)
+    assert float(up_to_date.best_model_score) == pytest.approx(0.5)
 
 
 def test_a_restarted_distributed_launch_never_reads_the_run_folder_of_the_attempt_before(
