@@ -76,6 +76,49 @@ def _check_range(name: str, value: float, low: float, high: float, low_open: boo
         raise ValueError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
 
 
+REGIMES: dict[str, SynthesisParams] = {
+    "default": SynthesisParams(),
+    "mild": SynthesisParams(
+        exposure_min=0.1,
+        exposure_max=0.3,
+        photon_count_min=4000.0,
+        photon_count_max=20000.0,
+        read_noise_min=0.0005,
+        read_noise_max=0.002,
+        color_cast=0.05,
+    ),
+    "lol": SynthesisParams(
+        exposure_min=0.015,
+        exposure_max=0.06,
+        photon_count_min=1500.0,
+        photon_count_max=6000.0,
+        read_noise_min=0.001,
+        read_noise_max=0.004,
+        color_cast=0.1,
+    ),
+    "extreme": SynthesisParams(
+        exposure_min=0.003,
+        exposure_max=0.012,
+        photon_count_min=1000.0,
+        photon_count_max=3000.0,
+        read_noise_min=0.002,
+        read_noise_max=0.006,
+        color_cast=0.3,
+    ),
+}
+"""Named degradation regimes (docs/measurements.md, "Degradation regimes", has the calibration).
+
+- ``default``: the :class:`SynthesisParams` defaults, the one regime the model was first tuned on.
+- ``mild``: moderately dark (exposure 0.1-0.3; the low images of 40 SunHays80 photos average 0.20 of
+  full scale in sRGB, LIME's real ones 0.14) with light noise (400-6,000 electrons at white).
+- ``lol``: LOL-v1-like: 0.08 of full scale on average (LOL-v1's low images: 0.05-0.1 against about
+  0.45 for their references) with visible shot noise (20-360 electrons at white).
+- ``extreme``: very dark (0.03 of full scale, like LOL-v1's pair 778), shot noise comparable to the
+  signal (3-36 electrons at white, read noise up to 0.6 % of full scale) and a strong colour cast
+  (per-channel gains within +-30 %).
+"""
+
+
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
     """Inverse sRGB transfer curve (IEC 61966-2-1), elementwise on [0, 1]."""
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)

@@ -200,7 +200,9 @@ def test_every_way_of_stopping_resumes_to_what_an_uninterrupted_run_leaves(
         last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
         newest = torch.load(interrupted, map_location="cpu", weights_only=True)
         assert newest["global_step"] > last["global_step"]
-        message = f"resuming from {interrupted} (epoch {newest['epoch']}, global step {newest['global_step']}; "
+        message = (
+            f"resuming from {interrupted} (epoch {newest['epoch']}, global step {newest['global_step']}; "
+        )
         message += "stopped after batch"
     elif (ckpt_dir / "last.ckpt").exists():
         assert not interrupted.exists()

@@ -6,12 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tools.compare_quality import CompareHparams, Side, pair_by_seed
 from tools.compare_quality import main as compare_main
-from tools.quality import QualityHparams, SyntheticPairs, gain_interval, holdout_pairs, load_photos
+from tools.quality import (
+    QualityHparams,
+    SyntheticPairs,
+    gain_interval,
+    holdout_pairs,
+    holdout_references,
+    load_photos,
+)
 from tools.quality import main as quality_main
 from tools.speed_report import TARGETS, compare, interleaved, markdown
 from tools.yardstick import YardstickUNet
@@ -112,8 +121,38 @@ def test_synthetic_pairs_are_reproducible_and_darker():
     assert low.shape == high.shape == (3, 3, 16, 16)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert low.mean() < high.mean()
-    names = [name for name, _, _ in holdout_pairs(seed=0, max_side=32)]
-    assert len(names) == len(set(names)) == 8
+    # one regime draws exactly the stream of before regimes; several draw one regime per crop
+    default = SyntheticPairs([photo], crop=16, batch_size=3, seed=5, regimes=("default",)).batch()
+    assert torch.equal(default[0], low) and torch.equal(default[1], high)
+    mixed = SyntheticPairs([photo], crop=16, batch_size=3, seed=5, regimes=("mild", "extreme")).batch()
+    assert not torch.equal(mixed[0], low)
+
+
+def test_held_out_pairs_per_regime_get_darker_from_mild_to_extreme():
+    references = holdout_references(None, max_side=32)
+    assert sorted(references) == ["astronaut", "chelsea", "coffee", "rocket"]
+    legacy = holdout_pairs(0, references, ["default"], draws=2)["default"]
+    names = [name for name, _, _ in legacy]
+    assert len(names) == len(set(names)) == 8 and names[:2] == ["astronaut#0", "astronaut#1"]
+    by_regime = holdout_pairs(0, references, ["mild", "lol", "extreme"])
+    assert [len(pairs) for pairs in by_regime.values()] == [4, 4, 4]
+    brightness = {r: float(np.mean([low.mean() for _, low, _ in pairs])) for r, pairs in by_regime.items()}
+    assert brightness["mild"] > brightness["lol"] > brightness["extreme"]
+    again = holdout_pairs(0, references, ["lol"])["lol"]
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(again, by_regime["lol"], strict=True))
+    other_seed = holdout_pairs(1, references, ["lol"])["lol"]
+    assert not torch.equal(other_seed[0][1], again[0][1])
+
+
+def test_the_held_out_photos_are_every_second_file_of_the_folder(tmp_path):
+    for i in range(5):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(tmp_path / f"p{i}.png")
+    assert sorted(holdout_references(str(tmp_path), max_side=16)) == ["p0.png", "p2.png", "p4.png"]
+    assert holdout_references(str(tmp_path), max_side=16)["p2.png"].shape == (11, 16, 3)
+    with pytest.raises(FileNotFoundError, match="--holdout_dir"):
+        holdout_references(str(tmp_path / "none"), max_side=16)
+    with pytest.raises(ValueError, match="regimes must be distinct names"):
+        QualityHparams(regimes=["lol", "dark"])
 
 
 def test_quality_without_training_photos_names_the_folder(tmp_path, monkeypatch):
@@ -126,7 +165,13 @@ def test_quality_without_training_photos_names_the_folder(tmp_path, monkeypatch)
 
 
 TINY_QUALITY = dict(
-    train_dir=[str(SAMPLE_HIGH)], steps=3, image_size=32, holdout_max_side=48, embed_dim=8, num_heads=1
+    train_dir=[str(SAMPLE_HIGH)],
+    holdout_dir=str(SAMPLE_HIGH),
+    steps=3,
+    image_size=32,
+    holdout_max_side=48,
+    embed_dim=8,
+    num_heads=1,
 )
 """A tools.quality recipe that trains in seconds."""
 
@@ -150,16 +195,29 @@ def test_quality_runs_end_to_end(quality_run):
         losses = [run["models"][name]["final_l1"] for run in saved["runs"]]
         assert entry["final_l1"] == pytest.approx(sum(losses) / 2) and min(losses) > 0
         for run in saved["runs"]:
-            assert len(run["models"][name]["per_image"]) == 8
+            regimes = run["models"][name]["regimes"]
+            assert list(regimes) == ["mild", "lol", "extreme"]
+            assert all(len(r["per_image"]) == 5 for r in regimes.values())  # every second of 10 photos
+            mean = sum(r["psnr"] for r in regimes.values()) / 3
+            assert run["models"][name]["psnr"] == pytest.approx(mean)
     # the two seeds draw different held-out pairs and initialisations
     assert saved["runs"][0]["dark_input"]["psnr"] != saved["runs"][1]["dark_input"]["psnr"]
     assert entry["psnr_per_seed"][0] != entry["psnr_per_seed"][1]
-    gains = saved["target"]["psnr_gain_per_seed"]
-    assert sum(gains) / 2 == pytest.approx(saved["target"]["psnr_gain_db"])
+    target = saved["target"]["regimes"]
+    assert {r: t["target_db"] for r, t in target.items()} == {"mild": 3.0, "lol": 3.0, "extreme": 3.5}
+    assert saved["target"]["pass"] == all(t["pass"] for t in target.values())
+    gains = target["lol"]["psnr_gain_per_seed"]
+    ill, yard = saved["models"]["illrecnet"]["regimes"]["lol"], saved["models"]["yardstick"]["regimes"]["lol"]
+    assert gains == pytest.approx(
+        [i - y for i, y in zip(ill["psnr_per_seed"], yard["psnr_per_seed"], strict=True)]
+    )
+    assert sum(gains) / 2 == pytest.approx(target["lol"]["psnr_gain_db"])
+    assert f"lol: IllRecNet - yardstick {target['lol']['psnr_gain_db']:+.2f} dB" in saved["markdown"]
     assert f"per seed {gains[0]:+.2f} / {gains[1]:+.2f}" in saved["markdown"]
-    low, high = saved["target"]["psnr_gain_ci95"]  # two seeds: t(0.975, 1 dof) = 12.706
+    low, high = target["lol"]["psnr_gain_ci95"]  # two seeds: t(0.975, 1 dof) = 12.706
     assert high - low == pytest.approx(2 * 12.706 * abs(gains[0] - gains[1]) / 2, rel=1e-4)
     assert f"95 % interval {low:+.2f} to {high:+.2f}" in saved["markdown"]
+    assert "Regime **extreme**" in saved["markdown"] and "Mean over the regimes" in saved["markdown"]
     assert f"| {saved['models']['yardstick']['final_l1']:.4f} |" in saved["markdown"]
     assert saved["recipe"]["steps"] == 3 and saved["train_photos"] == 10
     assert saved["machine"] == "CPU, 2 threads"
@@ -210,6 +268,11 @@ def test_compare_quality_pairs_the_runs_of_each_seed(quality_run, tmp_path):
         score = result["scores"][key]
         assert score["diff_per_seed"] == [pytest.approx(ill_var[key] - ill_base[key])]
         assert score["diff_se"] is None  # one common seed: no spread
+    for regime in ("mild", "lol", "extreme"):  # and per regime
+        score = result["scores"][f"{regime}/psnr"]
+        diff = ill_var["regimes"][regime]["psnr"] - ill_base["regimes"][regime]["psnr"]
+        assert score["diff_per_seed"] == [pytest.approx(diff)]
+        assert f"| PSNR (dB), {regime} |" in result["markdown"]
     better = ill_var["final_l1"] < ill_base["final_l1"]  # the L1 is better when lower
     assert result["scores"]["final_l1"]["variant_better_on"] == int(better)
     assert "embed_dim: 8 -> 12" in result["markdown"] and "variant seeds [5]" in result["markdown"]
@@ -281,6 +344,11 @@ def test_compare_quality_refuses_what_is_not_a_paired_comparison(quality_run, tm
         Side("variant", [write("old_run.json", no_gtmean)], "illrecnet")
     with pytest.raises(ValueError, match="speed.json: not a readable tools.quality result"):
         Side("baseline", [write("speed.json", {"parameters": 1})], "illrecnet")
+    mixed = write("mixed.json", saved | {"recipe": saved["recipe"] | {"train_regimes": ["lol"]}})
+    with pytest.raises(ValueError, match=r"train_regimes: \['mild', 'lol', 'extreme'\] against \['lol'\]"):
+        pair_by_seed(
+            Side("baseline", [str(baseline_file)], "illrecnet"), Side("variant", [mixed], "illrecnet")
+        )
     # a result from before an option existed ran with its legacy value: sqrt_input off
     old = write(
         "old.json", saved | {"recipe": {k: v for k, v in saved["recipe"].items() if k != "sqrt_input"}}

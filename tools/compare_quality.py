@@ -36,8 +36,21 @@ from tools.quality import gain_interval
 from utils.hparams import LEGACY_DEFAULTS, ModelHparams
 from utils.utils import parse_hparams
 
-RECIPE_FIELDS = ("steps", "batch_size", "image_size", "lr", "train_dir", "holdout_max_side")
+RECIPE_FIELDS = (
+    "steps",
+    "batch_size",
+    "image_size",
+    "lr",
+    "train_dir",
+    "holdout_max_side",
+    "regimes",
+    "train_regimes",
+    "holdout_dir",
+)
 """What must match for two runs of one seed to have seen the same batches and held-out pairs."""
+
+LEGACY_RECIPE = {"regimes": ["default"], "train_regimes": ["default"], "holdout_dir": None}
+"""The recipe of a result written before degradation regimes existed."""
 
 COMPARED = {
     "psnr": ("PSNR (dB)", 2),
@@ -46,7 +59,8 @@ COMPARED = {
     "final_l1": ("final L1", 4),
 }
 """Per-seed scores compared, with their table label and decimals (the final training L1 is
-lower-is-better; the others higher)."""
+lower-is-better; the others higher). The PSNR/SSIM scores are also compared per regime."""
+PER_REGIME = ("psnr", "ssim", "psnr_gtmean")
 
 Model = Literal["illrecnet", "yardstick"]
 
@@ -87,8 +101,8 @@ class Side:
             with open(path, encoding="utf-8") as f:
                 results = json.load(f)
             # a result written before a model option existed ran with the option's legacy value
-            recipe, runs = {**LEGACY_DEFAULTS, **results["recipe"]}, results["runs"]
-            entries = {int(run["seed"]): run["models"].get(self.model) for run in runs}
+            recipe, runs = {**LEGACY_DEFAULTS, **LEGACY_RECIPE, **results["recipe"]}, results["runs"]
+            entries = {int(run["seed"]): _flat(run["models"].get(self.model)) for run in runs}
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}: not a readable tools.quality result ({error!r})") from error
         if any(entry is None for entry in entries.values()):
@@ -110,6 +124,21 @@ class Side:
                 )
             self.seeds[seed], self.seed_files[seed] = entry, path
         self.machines.add(results.get("machine", "unknown machine"))
+
+
+def _flat(entry: dict | None) -> dict | None:
+    """A model's entry of one seed with its per-regime scores as ``<regime>/<score>`` keys."""
+    if entry is None:
+        return None
+    regimes = entry.get("regimes", {})
+    return entry | {f"{r}/{key}": scores[key] for r, scores in regimes.items() for key in PER_REGIME}
+
+
+def _label(key: str) -> tuple[str, int]:
+    """Table label and decimals of a compared key (``psnr`` or ``lol/psnr``)."""
+    regime, _, score = key.rpartition("/")
+    label, decimals = COMPARED[score]
+    return (f"{label}, {regime}" if regime else label), decimals
 
 
 def _model_fields() -> tuple[str, ...]:
@@ -134,7 +163,8 @@ def pair_by_seed(baseline: Side, variant: Side) -> dict:
             f"no seed in common: baseline has {sorted(baseline.seeds)}, variant {sorted(variant.seeds)}"
         )
     scores = {}
-    for key in COMPARED:
+    regimes = baseline.recipe["regimes"] if len(baseline.recipe["regimes"]) > 1 else []
+    for key in (*COMPARED, *(f"{r}/{k}" for r in regimes for k in PER_REGIME)):
         base = [baseline.seeds[s][key] for s in seeds]
         var = [variant.seeds[s][key] for s in seeds]
         diffs = [v - b for v, b in zip(var, base, strict=True)]
@@ -179,7 +209,7 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, s in result["scores"].items():
-        label, d = COMPARED[key]
+        label, d = _label(key)
         per_seed = " / ".join(f"{v:+.{d}f}" for v in s["diff_per_seed"])
         se = "" if s["diff_se"] is None else f"{s['diff_se']:.{d}f}"
         ci = "" if s["diff_ci95"] is None else " to ".join(f"{v:+.{d}f}" for v in s["diff_ci95"])
