@@ -14,10 +14,14 @@ from PIL import Image
 
 from data import make_sample
 from data.synthesize import (
+    REGIMES,
     SynthesisParams,
     image_rng,
+    inverse_smoothstep,
+    jpeg_round_trip,
     linear_to_srgb,
     main,
+    smoothstep,
     srgb_to_linear,
     synthesize_folder,
     synthesize_low,
@@ -61,6 +65,15 @@ def test_params_defaults_are_valid() -> None:
         ("read_noise_min", -0.1),
         ("read_noise_max", 0.5),
         ("color_cast", 0.9),
+        ("wb_red_min", 0.5),
+        ("wb_red_max", 5.0),
+        ("wb_blue_min", 0.9),
+        ("noise_blur_min", -1.0),
+        ("noise_blur_max", 4.0),
+        ("tone_curve", "filmic"),
+        ("jpeg_probability", 1.5),
+        ("jpeg_quality_min", 5),
+        ("jpeg_quality_max", 50),  # below jpeg_quality_min (60)
     ],
 )
 def test_params_range_validation(field: str, value: object) -> None:
@@ -109,6 +122,69 @@ def test_exposure_range_is_respected() -> None:
     )
     low = synthesize_low(white, image_rng(0, "w.png"), params)
     assert abs(low.mean() / 255 - 0.3492) < 0.01  # sRGB of linear 0.1
+
+
+CLEAN = dict(photon_count_min=1e6, photon_count_max=1e6, read_noise_min=0, read_noise_max=0, color_cast=0)
+"""Next to no noise and no cast: what is left is the deterministic part of the model."""
+
+
+def test_every_camera_step_undone_and_redone_at_full_exposure_gives_the_photo_back() -> None:
+    high = photo()
+    for tone in ("none", "smoothstep"):
+        params = SynthesisParams(
+            exposure_min=1.0, exposure_max=1.0, wb_red_min=2.0, wb_red_max=2.0, tone_curve=tone, **CLEAN
+        )
+        low = synthesize_low(high, image_rng(0, "a.png"), params)
+        assert np.abs(low / 255.0 - high).max() < 0.02, tone
+    y = np.linspace(0, 1, 51)
+    assert np.allclose(smoothstep(inverse_smoothstep(y)), y, atol=1e-9)
+    assert smoothstep(np.array([0.25]))[0] == pytest.approx(0.15625)  # 3/16 - 2/64
+
+
+def flat_noise(params: SynthesisParams, name: str = "flat.png") -> np.ndarray:
+    """The dark image of a flat grey photo minus its mean per channel, as float (H, W, 3)."""
+    low = synthesize_low(np.full((96, 96, 3), 0.6), image_rng(0, name), params).astype(np.float64)
+    return low - low.mean(axis=(0, 1))
+
+
+def test_white_balance_gains_amplify_the_noise_of_their_channels() -> None:
+    common = dict(exposure_min=0.05, exposure_max=0.05, photon_count_min=2000, photon_count_max=2000)
+    plain = flat_noise(SynthesisParams(**common, color_cast=0))
+    balanced = flat_noise(SynthesisParams(**common, color_cast=0, wb_red_min=3.0, wb_red_max=3.0))
+    red_over_green = lambda n: n[..., 0].std() / n[..., 1].std()  # noqa: E731
+    assert red_over_green(plain) == pytest.approx(1.0, abs=0.1)
+    assert red_over_green(balanced) > 1.4  # fewer red photons, the same gain back: sqrt(3) in theory
+
+
+def test_noise_blur_correlates_neighbouring_pixels_at_the_same_strength() -> None:
+    common = dict(exposure_min=0.05, exposure_max=0.05, photon_count_min=2000, photon_count_max=2000)
+
+    def neighbour_correlation(noise: np.ndarray) -> float:
+        return float(np.corrcoef(noise[:, :-1, 1].ravel(), noise[:, 1:, 1].ravel())[0, 1])
+
+    per_pixel = flat_noise(SynthesisParams(**common, color_cast=0))
+    spread = flat_noise(SynthesisParams(**common, color_cast=0, noise_blur_min=2.0, noise_blur_max=2.0))
+    assert abs(neighbour_correlation(per_pixel)) < 0.1
+    assert neighbour_correlation(spread) > 0.7
+    assert spread.std() == pytest.approx(per_pixel.std(), rel=0.25)
+
+
+def test_jpeg_is_applied_at_the_drawn_quality() -> None:
+    plain = synthesize_low(photo(64, 64), image_rng(0, "a.png"), SynthesisParams())
+    params = SynthesisParams(jpeg_probability=1.0, jpeg_quality_min=30, jpeg_quality_max=30)
+    compressed = synthesize_low(photo(64, 64), image_rng(0, "a.png"), params)
+    assert not np.array_equal(compressed, plain)
+    assert np.array_equal(compressed, jpeg_round_trip(plain, 30))  # the same image, then JPEG at 30
+    never = SynthesisParams(jpeg_probability=0.0, jpeg_quality_min=30, jpeg_quality_max=30)
+    assert np.array_equal(synthesize_low(photo(64, 64), image_rng(0, "a.png"), never), plain)
+
+
+def test_the_camera_regime_is_fixed_by_its_seed_and_darker_than_the_photo() -> None:
+    first = synthesize_low(photo(), image_rng(3, "a.png"), REGIMES["camera"])
+    assert np.array_equal(first, synthesize_low(photo(), image_rng(3, "a.png"), REGIMES["camera"]))
+    assert not np.array_equal(first, synthesize_low(photo(), image_rng(4, "a.png"), REGIMES["camera"]))
+    assert first.mean() / 255 < 0.6 * photo().mean()
+    assert REGIMES["default"] == SynthesisParams()  # the old defaults stay reachable by name
 
 
 def test_synthesize_low_rejects_bad_input() -> None:
@@ -249,3 +325,29 @@ def test_make_sample_refuses_to_overwrite(tmp_path: Path) -> None:
     (tmp_path / "1_train").mkdir()
     with pytest.raises(SystemExit, match="--overwrite"):
         make_sample.main(output=tmp_path)
+
+
+def test_contact_sheet_pairs_each_real_crop_with_the_synthetic_crop_of_closest_level(tmp_path: Path) -> None:
+    from tools.contact_sheet import ContactSheetHparams, matches
+    from tools.contact_sheet import main as contact_sheet
+
+    (tmp_path / "real" / "low").mkdir(parents=True)
+    (tmp_path / "photos").mkdir()
+    for level in (10, 60):  # a very dark and a moderately dark real photo
+        Image.fromarray(np.full((50, 70, 3), level, np.uint8)).save(
+            tmp_path / "real" / "low" / f"{level}.png"
+        )
+    Image.fromarray((photo(60, 80) * 255).astype(np.uint8)).save(tmp_path / "photos" / "p.png")
+    hp = ContactSheetHparams(
+        real=[str(tmp_path / "real" / "low")],
+        photos=[str(tmp_path / "photos")],
+        draws=12,
+        crop=16,
+        output=str(tmp_path / "sheet.jpg"),
+    )
+    rows = matches(hp)
+    assert [name for name, *_ in rows] == ["real/10.png", "real/60.png"]
+    means = [(real.mean(), synth.mean()) for _, real, _, synth in rows]
+    assert means[0][1] < means[1][1]  # the darker real crop got the darker synthetic one
+    assert all(synth.shape == (16, 16, 3) for *_, synth in rows)
+    assert Image.open(contact_sheet(hp)).size == (2 * (2 * 16 + 18), 16 + 34)
