@@ -14,12 +14,22 @@ Batch format (a dict, collated by the default collate function):
   names, ``low_path``: list of B paths as strings
 
 Train batches are random ``image_size`` crops with shared flips and 90-degree rotations; images
-smaller than the crop are edge-padded (replicate) first. The training sampler
-(:class:`SeededSampler`) hands every index together with a seed for its crop and flips, a function
-of ``(seed, epoch, index)`` only, so the data a run sees does not depend on the number of loader
-workers or on which worker loads what, and a run resumed at an epoch boundary sees exactly the data
-an uninterrupted run would. Valid, bench and infer batches hold one
-whole image each (``batch_size=1``: the images differ in size), in sub-dataset then file order.
+smaller than the crop are edge-padded (replicate) first.
+
+A training or validation sub-dataset without ``low/`` is a **photo folder**: normal-light photos
+(directly in it, or in ``high/``) whose low-light twin is synthesized when a sample is served
+(:func:`data.synthesize.synthesize_low` with the ``synthesis`` regime of
+:data:`data.synthesize.REGIMES`). A training sample draws its crop, flips and degradation from the
+sampler's seed, so every epoch sees new noise and the stream is the same for the same ``seed``
+(and after a resume); a validation photo is darkened whole from ``(synthesis_seed,
+sub-dataset/name)``, the same pair in every epoch and run. Real pairs and photo folders mix in one
+split: every real pair is listed ``train_repeat`` times an epoch, every photo ``photo_repeat`` times.
+
+The training sampler (:class:`SeededSampler`) hands every index together with a seed for its crop
+and flips, a function of ``(seed, epoch, index)`` only, so the data a run sees does not depend on
+the number of loader workers or on which worker loads what, and a run resumed at an epoch boundary
+sees exactly the data an uninterrupted run would. Valid, bench and infer batches hold one whole
+image each (``batch_size=1``: the images differ in size), in sub-dataset then file order.
 
 Under several processes (DDP) the validation split is sharded without repeats: each image goes to
 exactly one rank (Lightning's default distributed sampler would pad the split with repeated images
@@ -42,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from data.synthesize import REGIMES, SynthesisParams, image_rng, synthesize_low
 from data.utils import (
     DECODE_THREADS,
     DataError,
@@ -185,6 +196,9 @@ class PairedImageDataset(Dataset):
         crop_size: side of the square random crop (train); None keeps whole images.
         augment: random horizontal/vertical flips and 90-degree rotations, identical for low and high.
         decoded: images already decoded (:func:`decode_in_memory`), by path; others are read from disk.
+        synthesis: degradation of the photos of photo folders (``ImagePair.synthetic``).
+        synthesis_seed: seed of a photo's fixed low image when it is served without a sample seed
+            (validation).
     """
 
     def __init__(
@@ -193,12 +207,16 @@ class PairedImageDataset(Dataset):
         crop_size: int | None = None,
         augment: bool = False,
         decoded: Mapping[Path, np.ndarray] | None = None,
+        synthesis: SynthesisParams | None = None,
+        synthesis_seed: int = 0,
     ) -> None:
         if crop_size is not None and crop_size < 1:
             raise ValueError(f"crop_size must be a positive integer or None, got {crop_size}")
         self.pairs = list(pairs)
         self.transform = train_transform(crop_size, augment)
         self.decoded = decoded if decoded is not None else {}
+        self.synthesis = synthesis if synthesis is not None else REGIMES["camera"]
+        self.synthesis_seed = synthesis_seed
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -210,7 +228,7 @@ class PairedImageDataset(Dataset):
             index, seed = item
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self._load(index)
+                return self._load(index, seed)
         return self._load(item)
 
     def _image(self, path: Path) -> tv_tensors.Image:
@@ -222,10 +240,24 @@ class PairedImageDataset(Dataset):
             return tv_tensors.Image(torch.from_numpy(writable_contiguous(array)).permute(2, 0, 1))
         return tv_tensors.Image(to_unit_float(array))
 
-    def _load(self, index: int) -> dict[str, Any]:
+    def _synthesize(self, pair: ImagePair, seed: int | None) -> dict[str, Any]:
+        """A photo's crop (or the whole photo) and its synthesized low-light twin; the degradation
+        comes from the sample's seed, or from the photo's name when there is none."""
+        high = to_unit_float(self.transform(self._image(pair.high)).as_subclass(torch.Tensor))  # (3, h, w)
+        rng = (
+            np.random.default_rng([seed, 1])
+            if seed is not None
+            else image_rng(self.synthesis_seed, f"{pair.dataset}/{pair.name}")
+        )
+        low = synthesize_low(high.permute(1, 2, 0).double().numpy(), rng, self.synthesis)  # (h, w, 3) uint8
+        return {"low": to_unit_float(low), "high": high}
+
+    def _load(self, index: int, seed: int | None = None) -> dict[str, Any]:
         pair = self.pairs[index]
-        low = self._image(pair.low)
         sample: dict[str, Any] = {"name": pair.name, "dataset": pair.dataset, "low_path": str(pair.low)}
+        if pair.synthetic:
+            return sample | self._synthesize(pair, seed)
+        low = self._image(pair.low)
         if pair.high is None:
             sample["low"] = to_unit_float(self.transform(low).as_subclass(torch.Tensor))
             return sample
@@ -263,8 +295,9 @@ class LowLightDataModule(L.LightningDataModule):
     epoch and the sample (:class:`SeededSampler`), whatever the number of loader workers.
 
     Args:
-        train_data_path: train split folder.
-        valid_data_path: valid split folder.
+        train_data_path: train split folder, or several whose sub-datasets are joined (their names
+            must differ).
+        valid_data_path: valid split folder ("" for none: then ``valid_holdout`` photos validate).
         bench_data_path: bench split folder.
         infer_data_path: infer split folder.
         image_size: side of the square training crop in pixels.
@@ -272,6 +305,11 @@ class LowLightDataModule(L.LightningDataModule):
         num_workers: loader worker processes (0 loads in the main process).
         train_repeat: times the train list is repeated per epoch, for tiny datasets.
         seed: seed of the training order, crops and flips.
+        synthesis: regime of :data:`data.synthesize.REGIMES` that darkens the photos of photo folders.
+        photo_repeat: times every photo of a photo folder is listed per epoch (``train_repeat`` is
+            the count for real pairs), which sets the ratio of the two in a mixed split.
+        valid_holdout: photos taken out of the training photo folders for validation (evenly spaced
+            by sub-dataset and name; the same ones in every run), beside ``valid_data_path``'s pairs.
         cache_gb: keep the decoded training images in memory when they take at most this many GB
             (0: decode from disk at every step). They are decoded once, in the main process, by
             the split validation of the first ``setup("fit")`` (before the loader workers start),
@@ -283,7 +321,7 @@ class LowLightDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_data_path: str = "data/1_train",
+        train_data_path: str | Sequence[str] = "data/1_train",
         valid_data_path: str = "data/2_valid",
         bench_data_path: str = "data/3_bench",
         infer_data_path: str = "data/4_infer",
@@ -293,6 +331,9 @@ class LowLightDataModule(L.LightningDataModule):
         train_repeat: int = 1,
         seed: int = 42,
         cache_gb: float = 4.0,
+        synthesis: str = "camera",
+        photo_repeat: int = 1,
+        valid_holdout: int = 0,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -300,12 +341,20 @@ class LowLightDataModule(L.LightningDataModule):
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
             ("train_repeat", train_repeat, 1),
+            ("photo_repeat", photo_repeat, 1),
+            ("valid_holdout", valid_holdout, 0),
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not cache_gb >= 0:
             raise ValueError(f"cache_gb must be >= 0, got {cache_gb!r}")
-        self.train_data_path = str(train_data_path)
+        if synthesis not in REGIMES:
+            raise ValueError(f"synthesis must be one of {', '.join(REGIMES)}, got {synthesis!r}")
+        if not valid_data_path and not valid_holdout:
+            raise ValueError("no validation data: give valid_data_path or valid_holdout > 0")
+        paths = [train_data_path] if isinstance(train_data_path, (str, Path)) else list(train_data_path)
+        self.train_data_paths = [str(p) for p in paths]
+        self.train_data_path = ", ".join(self.train_data_paths)
         self.valid_data_path = str(valid_data_path)
         self.bench_data_path = str(bench_data_path)
         self.infer_data_path = str(infer_data_path)
@@ -315,6 +364,9 @@ class LowLightDataModule(L.LightningDataModule):
         self.train_repeat = train_repeat
         self.seed = seed
         self.cache_gb = cache_gb
+        self.synthesis = synthesis
+        self.photo_repeat = photo_repeat
+        self.valid_holdout = valid_holdout
         self.decoded: DecodedImages | None = None
         """Decoded training images by path, kept by the first ``setup("fit")`` (or, if none ran,
         the first :meth:`train_dataloader`)."""
@@ -336,15 +388,17 @@ class LowLightDataModule(L.LightningDataModule):
         if stage == "fit":
             # The split is decoded to be validated anyway: keep it then, unless an earlier fit did.
             keep = DecodedImages(self.cache_gb) if self.decoded is None else None
-            self.train_pairs = validate_split(
-                self.train_data_path, require_high=True, min_size=self.image_size, keep=keep
-            )
+            self.train_pairs = self._validate_train(keep)
             if keep is not None:
                 log_kept(keep)
                 self.decoded = keep
-            self.valid_pairs = self._validate_eval("validation", self.valid_data_path, require_high=True)
+            held_out = self._hold_out()
+            self.valid_pairs = self._validate_valid() | held_out
         elif stage == "validate":
-            self.valid_pairs = self._validate_eval("validation", self.valid_data_path, require_high=True)
+            self.valid_pairs = self._validate_valid()
+            if self.valid_holdout:
+                self.train_pairs = self._validate_train(None)
+                self.valid_pairs |= self._hold_out()
         elif stage == "test":
             self.bench_pairs = self._validate_eval("bench", self.bench_data_path, require_high=False)
         elif stage == "predict":
@@ -353,6 +407,56 @@ class LowLightDataModule(L.LightningDataModule):
             )
         else:
             raise ValueError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
+
+    def _validate_train(self, keep: DecodedImages | None) -> dict[str, list[ImagePair]]:
+        """Every training split folder validated (photo folders allowed), their sub-datasets joined;
+        the problems of all folders are reported together."""
+        joined: dict[str, list[ImagePair]] = {}
+        problems: list[str] = []
+        for path in self.train_data_paths:
+            try:
+                found = validate_split(
+                    path, require_high=True, min_size=self.image_size, keep=keep, photos=True
+                )
+            except DataError as error:
+                problems.append(str(error))
+                continue
+            for name in sorted(found.keys() & joined.keys()):
+                problems.append(
+                    f"{path}: sub-dataset {name!r} is also in another training folder; rename one"
+                )
+            joined |= found
+        if problems:
+            raise DataError("\n".join(problems))
+        return joined
+
+    def _hold_out(self) -> dict[str, list[ImagePair]]:
+        """Take ``valid_holdout`` photos (evenly spaced over the training photos in sub-dataset then
+        name order) out of :attr:`train_pairs`; returns them by sub-dataset, as validation pairs."""
+        if not self.valid_holdout:
+            return {}
+        photos = [
+            pair for name in sorted(self.train_pairs) for pair in self.train_pairs[name] if pair.synthetic
+        ]
+        if len(photos) <= self.valid_holdout:
+            raise DataError(
+                f"valid_holdout={self.valid_holdout} but the training split ({self.train_data_path}) has "
+                f"{len(photos)} photos in photo folders; at least one must stay for training"
+            )
+        picks = {photos[i] for i in np.linspace(0, len(photos) - 1, self.valid_holdout).round().astype(int)}
+        held: dict[str, list[ImagePair]] = {}
+        for name in list(self.train_pairs):
+            held_here = [p for p in self.train_pairs[name] if p in picks]
+            if held_here:
+                held[f"{name}-holdout"] = held_here
+                self.train_pairs[name] = [p for p in self.train_pairs[name] if p not in picks]
+        log.info("validating on %d photos held out of the training photo folders", len(picks))
+        return held
+
+    def _validate_valid(self) -> dict[str, list[ImagePair]]:
+        if not self.valid_data_path:
+            return {}
+        return self._validate_eval("validation", self.valid_data_path, require_high=True, photos=True)
 
     def _validate_eval(self, what: str, split_dir: str, **kwargs: Any) -> dict[str, list[ImagePair]]:
         """:func:`validate_split` of a valid, bench or infer split, keeping its decoded images in
@@ -386,8 +490,15 @@ class LowLightDataModule(L.LightningDataModule):
             self.decoded = decode_in_memory(
                 [p for pair in pairs for p in (pair.low, pair.high)], self.cache_gb
             )
+        photos = [pair for pair in pairs if pair.synthetic]
+        if photos:  # real pairs train_repeat times, photos photo_repeat times
+            pairs = [
+                pair for pair in pairs if not pair.synthetic
+            ] * self.train_repeat + photos * self.photo_repeat
+        else:
+            pairs = pairs * self.train_repeat
         dataset = PairedImageDataset(
-            pairs * self.train_repeat, self.image_size, augment=True, decoded=self.decoded
+            pairs, self.image_size, augment=True, decoded=self.decoded, synthesis=REGIMES[self.synthesis]
         )
         trainer = self.trainer
         ranks = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -400,7 +511,12 @@ class LowLightDataModule(L.LightningDataModule):
         return self._loader(dataset, self.batch_size, False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = PairedImageDataset(_flatten(self.valid_pairs, "validate"), decoded=self.eval_decoded)
+        dataset = PairedImageDataset(
+            _flatten(self.valid_pairs, "validate"),
+            decoded=self.eval_decoded | (self.decoded or {}),  # held-out photos were decoded as training
+            synthesis=REGIMES[self.synthesis],
+            synthesis_seed=self.seed,
+        )
         return self._loader(dataset, 1, False, sampler=self._unrepeated_sampler(dataset))
 
     def _unrepeated_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:

@@ -94,6 +94,9 @@ class ImagePair:
     """Name of the sub-dataset folder, e.g. ``LOLv1``."""
     name: str
     """File name of the low image, extension included."""
+    synthetic: bool = False
+    """A photo of a photo folder: ``low`` and ``high`` are the same normal-light photo, whose
+    low-light twin is synthesized when the sample is served (:mod:`data.dataloader`)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,12 +165,31 @@ def _sub_datasets(split_dir: Path) -> list[Path]:
     return [split_dir / name for name in sorted(seen.values())]
 
 
+def _photo_folder(sub: Path, label: str) -> tuple[list[ImagePair], list[str]]:
+    """The photos of a photo folder (``sub/high/`` or, without it, ``sub`` itself), each as a
+    synthetic pair; an empty folder is a problem."""
+    folder = sub / "high" if (sub / "high").is_dir() else sub
+    photos, problems = _index_folder(folder)
+    if not photos:
+        return [], problems + [
+            f"no images in photo folder {folder} (sub-dataset {label}: without low/, a training or "
+            "validation sub-dataset holds normal-light photos, directly or in high/)"
+        ]
+    log.info(
+        "%s has no low/ folder: %d photos, their low-light twins synthesized on the fly", label, len(photos)
+    )
+    return [ImagePair(p, p, sub.name, p.name, synthetic=True) for p in photos.values()], problems
+
+
 def _pair_sub_dataset(
-    sub: Path, require_high: bool, label: str, use_high: bool = True
+    sub: Path, require_high: bool, label: str, use_high: bool = True, photos: bool = False
 ) -> tuple[list[ImagePair], list[str]]:
-    """Pair one sub-dataset's ``low/`` and ``high/`` by name; return its pairs and problems."""
+    """Pair one sub-dataset's ``low/`` and ``high/`` by name; return its pairs and problems. With
+    ``photos``, a sub-dataset without ``low/`` is a photo folder (:func:`_photo_folder`)."""
     low_dir, high_dir = sub / "low", sub / "high"
     if not low_dir.is_dir():
+        if photos:
+            return _photo_folder(sub, label)
         return [], [f"missing folder {low_dir} (sub-dataset {label})"]
     has_high = use_high and high_dir.is_dir()  # inference never reads high/, so it is not checked
     if require_high and not has_high:
@@ -204,7 +226,7 @@ def _pair_sub_dataset(
 
 
 def _scan(
-    split_dir: Path, require_high: bool, split_name: str, use_high: bool = True
+    split_dir: Path, require_high: bool, split_name: str, use_high: bool = True, photos: bool = False
 ) -> tuple[dict[str, list[ImagePair]], list[str]]:
     """Pair every sub-dataset of a split by name; return the pairs and every problem found."""
     layout = f"expected {split_name}/<SubDataset>/low" + (" and .../high" if require_high else "")
@@ -220,7 +242,9 @@ def _scan(
         problems.append(f"no sub-dataset folders in {split_name} ({layout})")
     pairs: dict[str, list[ImagePair]] = {}
     for sub in subs:
-        found, sub_problems = _pair_sub_dataset(sub, require_high, f"{split_name}/{sub.name}", use_high)
+        found, sub_problems = _pair_sub_dataset(
+            sub, require_high, f"{split_name}/{sub.name}", use_high, photos
+        )
         problems += sub_problems
         if found:
             pairs[sub.name] = sorted(found, key=lambda p: p.name)
@@ -314,6 +338,7 @@ def validate_split(
     max_workers: int | None = None,
     use_high: bool = True,
     keep: DecodedImages | None = None,
+    photos: bool = False,
 ) -> dict[str, list[ImagePair]]:
     """Scan a split and fully decode every file, reporting every problem in one DataError.
 
@@ -329,11 +354,14 @@ def validate_split(
         keep: if given, every decoded image is offered to it (within its limit), so the training
             set need not be decoded a second time to be kept in memory. Without it each image is
             dropped as soon as its size is known.
+        photos: sub-datasets without ``low/`` are photo folders (training and validation), checked
+            like any image.
     """
     split_dir = Path(split_dir)
     split_name = split_name or str(split_dir)
-    pairs, problems = _scan(split_dir, require_high, split_name, use_high)
-    files = [p for group in pairs.values() for pair in group for p in (pair.low, pair.high) if p is not None]
+    pairs, problems = _scan(split_dir, require_high, split_name, use_high, photos)
+    paths = (p for group in pairs.values() for pair in group for p in (pair.low, pair.high) if p is not None)
+    files = list(dict.fromkeys(paths))  # a photo is both sides of its pair: decoded once
     workers = max_workers or DECODE_THREADS
 
     def decode(path: Path) -> tuple[tuple[int, int] | str, np.ndarray | int]:

@@ -207,6 +207,9 @@ def build_datamodule(hp: DataHparams, seed: int) -> LowLightDataModule:
         train_repeat=hp.train_repeat,
         seed=seed,
         cache_gb=hp.cache_gb,
+        synthesis=hp.synthesis,
+        photo_repeat=hp.photo_repeat,
+        valid_holdout=hp.valid_holdout,
     )
 
 

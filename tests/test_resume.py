@@ -94,12 +94,12 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
-def on_disk(log_dir: Path) -> dict:
+def on_disk(log_dir: Path, sessions: tuple[str, ...] = SESSIONS) -> dict:
     """What a run left: per session, each checkpoint's epoch, step, loops, weights and optimizer state,
     result.json and the scalars; and summary.json (paths relative to the log folder)."""
     run_dir = log_dir / "run" / "version_0"
     state: dict = {"runs": sorted(p.name for p in (log_dir / "run").iterdir() if p.is_dir())}
-    for session in SESSIONS:
+    for session in sessions:
         folder = run_dir / session
         checkpoints = {}
         for path in sorted((folder / "checkpoints").iterdir()):
@@ -217,6 +217,31 @@ def test_every_way_of_stopping_resumes_to_what_an_uninterrupted_run_leaves(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"session {session}: {message}" in resumed.stderr, resumed.stderr[-3000:]
     assert_same(straight, on_disk(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_photo_folder_run_killed_inside_an_epoch_resumes_the_same_synthesized_stream(tmp_path) -> None:
+    """FAULTS 46: the low images of photo folders are synthesized from the sampler's seeds, so the
+    resumed run trains on exactly the crops and noise the uninterrupted one did."""
+    import skimage.data
+
+    for split, names in (("1_train", ("astronaut", "chelsea", "coffee")), ("2_valid", ("rocket",))):
+        (tmp_path / "data" / split / "Photos").mkdir(parents=True)
+        for name in names:
+            image = Image.fromarray(getattr(skimage.data, name)()[::8, ::8])
+            image.save(tmp_path / "data" / split / "Photos" / f"{name}.png")
+    args = flags(tmp_path / "data", tmp_path / "straight") + ["--session", "frozen", "--photo_repeat", "2"]
+    assert (done := run("train.py", *args)).returncode == 0, done.stderr[-3000:]
+    resumed_args = flags(tmp_path / "data", tmp_path / "resumed") + [
+        "--session",
+        "frozen",
+        "--photo_repeat",
+        "2",
+    ]
+    stopped = run("tests/fault_train.py", "at-sample:9:SIGKILL", *resumed_args)  # inside epoch 1 of 3
+    assert stopped.returncode == -9, stopped.stderr[-3000:]
+    assert (again := run("train.py", *resumed_args, "--resume", "true")).returncode == 0, again.stderr[-3000:]
+    assert_same(on_disk(tmp_path / "straight", ("frozen",)), on_disk(tmp_path / "resumed", ("frozen",)))
 
 
 def test_a_resume_keeps_a_best_ckpt_newer_than_its_starting_point(tmp_path) -> None:

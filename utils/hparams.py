@@ -36,10 +36,13 @@ class CacheHparams:
 
 @dataclass
 class DataHparams(CacheHparams):
-    train_data_path: str = "data/1_train"
-    """Training split: one folder per sub-dataset, each with low/ and high/."""
+    train_data_path: str | list[str] = "data/1_train"
+    """Training split: one folder per sub-dataset, each with low/ and high/, or a photo folder
+    (normal-light photos, directly or in high/, no low/: their low-light twins are synthesized on the
+    fly). A list joins the sub-datasets of several split folders."""
     valid_data_path: str = "data/2_valid"
-    """Validation split (whole images, chooses the best checkpoint)."""
+    """Validation split (whole images, chooses the best checkpoint); photo folders get fixed
+    synthesized pairs. Empty: validate on valid_holdout photos only."""
     image_size: int = 256
     """Side of the random paired training crop, in pixels."""
     batch_size: int = 8
@@ -47,7 +50,15 @@ class DataHparams(CacheHparams):
     num_workers: int = 4
     """DataLoader worker processes (0 loads in the main process)."""
     train_repeat: int = 1
-    """Visit every training pair this many times per epoch (for tiny datasets)."""
+    """Visit every real training pair this many times per epoch (for tiny datasets)."""
+    photo_repeat: int = 1
+    """Visit every photo of a photo folder this many times per epoch: with train_repeat, the ratio
+    of real pairs to synthesized ones in a mixed split."""
+    synthesis: str = "camera"
+    """Degradation that darkens the photos of photo folders (a regime of data/synthesize.py: camera,
+    mild, lol, extreme, default)."""
+    valid_holdout: int = 0
+    """Photos taken out of the training photo folders to validate on (fixed synthesized pairs)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,6 +66,18 @@ class DataHparams(CacheHparams):
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(self.train_repeat >= 1, f"train_repeat must be >= 1, got {self.train_repeat}")
+        _check(self.photo_repeat >= 1, f"photo_repeat must be >= 1, got {self.photo_repeat}")
+        _check(self.valid_holdout >= 0, f"valid_holdout must be >= 0, got {self.valid_holdout}")
+        from data.synthesize import REGIMES
+
+        _check(
+            self.synthesis in REGIMES,
+            f"synthesis must be one of {', '.join(REGIMES)}, got {self.synthesis!r}",
+        )
+        _check(
+            bool(self.valid_data_path) or self.valid_holdout > 0,
+            "give a valid_data_path or valid_holdout > 0: training always validates",
+        )
 
 
 @dataclass
