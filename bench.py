@@ -20,7 +20,7 @@ class BenchHparams(TileHparams, RuntimeHparams, CacheHparams):
     """Benchmark a checkpoint."""
 
     checkpoint_path: str = ""
-    """Checkpoint to evaluate (required)."""
+    """Checkpoint to evaluate; empty: the shipped starter model (checkpoints/starter.ckpt)."""
     bench_data_path: str = "data/3_bench"
     """Bench split: sub-datasets with low/ and (optionally) high/."""
     metrics: list[str] = field(default_factory=lambda: ["PSNR", "SSIM", "LPIPS", "NIQE", "BRISQUE"])
@@ -54,9 +54,10 @@ def main(hp: BenchHparams) -> None:
 
     from engine.engine import LightningEngine
     from engine.runner import discard_if_unused, new_run_dir
-    from model.model import load_checkpoint
+    from model.model import load_checkpoint, resolve_checkpoint
 
     engine = LightningEngine.from_hparams(hp)
+    hp.checkpoint_path = str(resolve_checkpoint(hp.checkpoint_path))  # default: the shipped starter model
     module = load_checkpoint(hp.checkpoint_path)
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
     writer = SummaryWriter(str(out_dir))
@@ -87,5 +88,5 @@ def main(hp: BenchHparams) -> None:
 
 
 if __name__ == "__main__":
-    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:], required=("checkpoint_path",))
+    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:])
     run_main(main, hparams)

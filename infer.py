@@ -19,7 +19,7 @@ class InferHparams(TileHparams, RuntimeHparams):
     """Enhance images with a checkpoint."""
 
     checkpoint_path: str = ""
-    """Checkpoint to use (required)."""
+    """Checkpoint to use; empty: the shipped starter model (checkpoints/starter.ckpt)."""
     infer_data_path: str = "data/4_infer"
     """Folder of sub-datasets whose low/ images are enhanced (high/ is optional and unused)."""
     input: str | None = None
@@ -44,9 +44,10 @@ def main(hp: InferHparams) -> None:
 
     from engine.engine import LightningEngine
     from engine.predict import collect_inputs
-    from model.model import load_checkpoint
+    from model.model import load_checkpoint, resolve_checkpoint
 
     engine = LightningEngine.from_hparams(hp)
+    hp.checkpoint_path = str(resolve_checkpoint(hp.checkpoint_path))  # default: the shipped starter model
     module = load_checkpoint(hp.checkpoint_path)
     inputs = collect_inputs(hp.infer_data_path, hp.input)
     out_dir = Path(hp.log_dir) / hp.experiment_name / "inference"
@@ -70,5 +71,5 @@ def main(hp: InferHparams) -> None:
 
 
 if __name__ == "__main__":
-    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:], required=("checkpoint_path",))
+    hparams = parse_hparams(type(get_hparams()), __doc__, sys.argv[1:])
     run_main(main, hparams)

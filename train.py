@@ -33,6 +33,10 @@ class TrainHparams(TrainLoopHparams, RuntimeHparams, OptimHparams, ModelHparams,
     """Continue the newest run of this experiment: each unfinished session from its newest checkpoint."""
     checkpoint_path: str = ""
     """With --resume: continue the first unfinished session from it; alone: start from its weights."""
+    init_from: str = ""
+    """Start the first session from this checkpoint's weights (any IllRecNet checkpoint, the shipped
+    starter model included) with a fresh optimizer and learning-rate schedule: fine-tuning, e.g. on
+    LOL after synthetic pre-training. Its architecture must match this run's."""
     bench_data_path: str = "data/3_bench"
     """After training, benchmark the final best checkpoint on this split (skipped if it does not exist)."""
     infer_data_path: str = "data/4_infer"
@@ -42,6 +46,8 @@ class TrainHparams(TrainLoopHparams, RuntimeHparams, OptimHparams, ModelHparams,
 
     def __post_init__(self) -> None:
         check_all_groups(self)
+        if self.init_from and self.checkpoint_path:
+            raise ValueError("give --init_from (weights only) or --checkpoint_path, not both")
 
 
 def get_hparams() -> TrainHparams:

@@ -229,13 +229,18 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
     flushed) and :class:`~model.model.CheckpointError` for a checkpoint that cannot be resumed.
     """
     engine = LightningEngine.from_hparams(hp)
-    explicit = Path(hp.checkpoint_path) if hp.checkpoint_path else None
-    if explicit is not None:
-        read_checkpoint(explicit)  # missing or unreadable: an error before any folder is created
+    init_from = getattr(hp, "init_from", "")
+    explicit = Path(hp.checkpoint_path or init_from) if (hp.checkpoint_path or init_from) else None
+    if explicit is not None:  # missing, unreadable or another architecture: an error before any folder
+        checkpoint = read_checkpoint(explicit)
+        if init_from:
+            check_compatible(build_module(hp, SESSIONS[0]), checkpoint, explicit)
     run_dir = resolve_run_dir(Path(hp.log_dir) / hp.experiment_name, hp.resume)
     sessions = SESSIONS if hp.session == "both" else (hp.session,)
     results: list[SessionResult] = []
-    for session in sessions:
+    for number, session in enumerate(sessions):
+        if number and init_from:
+            explicit = None  # --init_from is for the first session; the next starts from its best
         session_dir = run_dir / session
         done = session_dir / "result.json"
         if done.is_file():
@@ -252,14 +257,14 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
         )
         # A resumed session that stopped before its first last.ckpt starts again from step 0, hiding
         # what the stopped attempt logged (one Trainer: a second one would seed again after the model).
-        again = hp.resume and not (explicit is not None) and session_dir.is_dir()
+        again = hp.resume and (explicit is None or bool(init_from)) and session_dir.is_dir()
         again = again and not any(
             (session_dir / "checkpoints" / f"{stem}.ckpt").is_file() for stem in (LAST, INTERRUPTED)
         )
         trainer = engine.fit_trainer(session_dir, purge_step=0 if again else None, **loop)
         module = build_module(hp, session)  # after fit_trainer seeded everything: --seed sets the weights
         ckpt_path = None
-        if explicit is not None and hp.resume:
+        if explicit is not None and hp.resume and not init_from:
             ckpt_path, explicit = explicit, None  # the first unfinished session continues from it
             checkpoint = resume_state(ckpt_path, module)
         elif hp.resume:

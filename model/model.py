@@ -11,6 +11,7 @@ in the message) before the optimizer step, so no bad weights are ever saved; wit
 logged as ``train/skipped_nonfinite``).
 """
 
+import hashlib
 import inspect
 import logging
 import math
@@ -300,6 +301,71 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for name, value in LEGACY_DEFAULTS.items():
         checkpoint["hyper_parameters"].setdefault(name, value)
     return checkpoint
+
+
+STARTER_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "starter.ckpt"
+"""The shipped starter model: weights and architecture only (``checkpoints/README.md`` is its card).
+Its sha256 is in ``starter.sha256`` beside it, so a changed or truncated file is recognised."""
+
+RESTORE_HINT = "restore it with `git checkout -- checkpoints/starter.ckpt checkpoints/starter.sha256`"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_checkpoint(path: str | Path | None, starter: Path | None = None) -> Path:
+    """``path`` when given; otherwise the shipped starter model, checked against its recorded sha256
+    (a :class:`CheckpointError` naming the file and how to restore it when it is missing, truncated
+    or replaced), with one log line saying it is used."""
+    if path:
+        return Path(path)
+    starter = starter or STARTER_MODEL
+    recorded = starter.with_suffix(".sha256")
+    if not starter.is_file() or not recorded.is_file():
+        missing = starter if not starter.is_file() else recorded
+        raise CheckpointError(
+            f"no --checkpoint_path given and the shipped starter model's {missing} is missing; "
+            f"{RESTORE_HINT} (or pass --checkpoint_path)"
+        )
+    expected = recorded.read_text().split()[0]
+    actual = file_sha256(starter)
+    if actual != expected:
+        raise CheckpointError(
+            f"{starter} is not the shipped starter model (sha256 {actual[:12]}..., recorded "
+            f"{expected[:12]}...: changed or truncated); {RESTORE_HINT} (or pass --checkpoint_path)"
+        )
+    log.info("no --checkpoint_path: using the shipped starter model %s (checkpoints/README.md)", starter)
+    return starter
+
+
+def save_weights(checkpoint_path: str | Path, output: str | Path) -> str:
+    """Write the weights and architecture of a checkpoint, without optimizer or loop state, to
+    ``output`` (atomically) and its sha256 to ``output`` with the suffix ``.sha256``; returns the
+    sha256. The result loads like any checkpoint (``--checkpoint_path``, ``--init_from``)."""
+    import io
+
+    from utils.utils import atomic_write_bytes, atomic_write_text
+
+    module = load_checkpoint(checkpoint_path)  # checked: readable, IllRecNet, weights fit
+    checkpoint = read_checkpoint(checkpoint_path)
+    slim = {
+        "state_dict": {k: v.contiguous() for k, v in module.state_dict().items()},
+        "hyper_parameters": checkpoint["hyper_parameters"],
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+    }
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    output = Path(output)
+    atomic_write_bytes(output, buffer.getvalue())
+    digest = file_sha256(output)
+    atomic_write_text(output.with_suffix(".sha256"), f"{digest}  {output.name}\n")
+    return digest
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LowLightEnhancerLightning:

@@ -1,0 +1,148 @@
+"""The shipped starter model: found by default, checked, loadable through torch.hub, and a start for
+fine-tuning (``train.py --init_from``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import model as model_module
+from model.model import CheckpointError, LowLightEnhancerLightning, resolve_checkpoint, save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"embed_dim": 8, "num_heads": 1}
+
+
+def lightning_checkpoint(path: Path, **fields) -> Path:
+    """A full Lightning-style checkpoint of a randomly initialised tiny model (with training state)."""
+    torch.manual_seed(0)
+    module = LowLightEnhancerLightning(**(TINY | fields))
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "optimizer_states": [{"state": {}, "param_groups": []}],
+        "epoch": 3,
+        "global_step": 40,
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture
+def starter(tmp_path, monkeypatch) -> Path:
+    """A tiny starter model in place of checkpoints/starter.ckpt."""
+    path = tmp_path / "checkpoints" / "starter.ckpt"
+    path.parent.mkdir()
+    save_weights(lightning_checkpoint(tmp_path / "full.ckpt"), path)
+    monkeypatch.setattr(model_module, "STARTER_MODEL", path)
+    return path
+
+
+def test_save_weights_keeps_the_weights_and_architecture_only(starter, tmp_path) -> None:
+    saved = torch.load(starter, map_location="cpu", weights_only=True)
+    assert set(saved) == {"state_dict", "hyper_parameters", "epoch", "global_step"}  # no optimizer
+    assert saved["hyper_parameters"]["embed_dim"] == 8
+    assert starter.with_suffix(".sha256").read_text().split()[0] == model_module.file_sha256(starter)
+    full = torch.load(tmp_path / "full.ckpt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(full["state_dict"][k], v) for k, v in saved["state_dict"].items())
+
+
+def test_no_checkpoint_path_means_the_starter_model_checked_against_its_sha256(starter, caplog) -> None:
+    assert resolve_checkpoint("other.ckpt") == Path("other.ckpt")
+    with caplog.at_level("INFO", logger="illrecnet"):
+        assert resolve_checkpoint("") == starter
+    assert "using the shipped starter model" in caplog.text
+    whole = starter.read_bytes()
+    starter.write_bytes(whole[: len(whole) // 2])  # truncated (FAULTS 47)
+    with pytest.raises(CheckpointError, match="is not the shipped starter model") as error:
+        resolve_checkpoint(None)
+    assert str(starter) in str(error.value) and "git checkout -- checkpoints/starter.ckpt" in str(error.value)
+    starter.unlink()  # missing
+    with pytest.raises(CheckpointError, match="starter.ckpt is missing.*git checkout --"):
+        resolve_checkpoint(None)
+
+
+def test_a_replaced_starter_model_is_refused_even_when_it_is_a_valid_checkpoint(starter, tmp_path) -> None:
+    lightning_checkpoint(starter, embed_dim=12)  # another model, saved under the starter's name
+    with pytest.raises(CheckpointError, match="is not the shipped starter model"):
+        resolve_checkpoint(None)
+
+
+def test_infer_without_checkpoint_path_uses_the_starter_model(starter, tmp_path) -> None:
+    import infer
+
+    photo = tmp_path / "dark.png"
+    Image.fromarray(np.full((20, 28, 3), 12, np.uint8)).save(photo)
+    hp = infer.InferHparams(input=str(photo), log_dir=str(tmp_path / "runs"), accelerator="cpu")
+    infer.main(hp)
+    out = tmp_path / "runs" / "illrecnet" / "inference"
+    assert [p.name for p in out.rglob("*.png")] == ["dark.png"]
+    assert hp.checkpoint_path == str(starter)
+
+
+def test_torch_hub_loads_the_starter_model_from_a_local_clone(starter) -> None:
+    model = torch.hub.load(str(ROOT), "illrecnet", source="local", pretrained=True, trust_repo=True)
+    assert not model.training
+    expected = torch.load(starter, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(expected[f"model.{k}"], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 21, 30)).shape == (1, 3, 21, 30)
+    fresh = torch.hub.load(
+        str(ROOT), "illrecnet", source="local", pretrained=False, embed_dim=12, num_heads=2
+    )
+    assert fresh.encoder.fuse.out_channels == 12 and not fresh.training
+    with pytest.raises(ValueError, match="own architecture"):
+        torch.hub.load(str(ROOT), "illrecnet", source="local", pretrained=True, embed_dim=12)
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "ILLRECNET_RUN"))}
+    env |= {"ILLRECNET_IQA_DOWNLOAD": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_the_weights_with_a_fresh_optimizer(starter, tmp_path) -> None:
+    common = [
+        *("--embed_dim", "8", "--num_heads", "1", "--image_size", "32", "--batch_size", "2"),
+        *("--num_workers", "0", "--accelerator", "cpu", "--session", "frozen", "--max_epochs", "1"),
+        *(
+            "--train_data_path",
+            str(ROOT / "sample" / "1_train"),
+            "--valid_data_path",
+            str(ROOT / "sample" / "2_valid"),
+        ),
+        *("--bench_data_path", str(tmp_path / "none"), "--infer_data_path", str(tmp_path / "none")),
+    ]
+    done = train(*common, "--init_from", str(starter), "--log_dir", str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"session frozen starts from the weights of {starter}" in done.stderr
+    last = torch.load(
+        tmp_path / "runs" / "illrecnet" / "version_0" / "frozen" / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=True,
+    )
+    assert last["epoch"] == 0 and last["global_step"] == 5  # its own steps: 10 pairs, batch 2
+    assert all(s["step"] == 5 for s in last["optimizer_states"][0]["state"].values())  # fresh AdamW
+
+    # FAULTS 52: another architecture or a corrupt file: an error naming it, no run folder left
+    other = lightning_checkpoint(tmp_path / "wide.ckpt", embed_dim=12)
+    refused = train(*common, "--init_from", str(other), "--log_dir", str(tmp_path / "r1"))
+    assert refused.returncode == 2 and f"{other} does not fit this model" in refused.stderr
+    assert (
+        "embed_dim: checkpoint 12 vs this run 8" in refused.stderr and "mismatched shapes" in refused.stderr
+    )
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
+    refused = train(*common, "--init_from", str(corrupt), "--log_dir", str(tmp_path / "r2"))
+    assert refused.returncode == 2 and f"cannot read checkpoint {corrupt}" in refused.stderr
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
