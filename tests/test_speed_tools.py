@@ -91,8 +91,9 @@ def test_speed_report_quick_writes_every_field(tmp_path):
     for entry in (*report["latency"].values(), report["train_step"]):
         assert entry["illrecnet_s"] > 0 and entry["yardstick_s"] > 0 and entry["ratio"] > 0
     assert report["flops"]["matmul_peak_gflops"] > 0 and report["flops"]["illrecnet_fraction"] > 0
-    for key in ("data_pipeline", "data_pipeline_from_disk"):
+    for key in ("data_pipeline", "data_pipeline_from_disk", "data_pipeline_photos"):
         assert report[key]["samples_per_s"] > 0 and report[key]["ratio"] > 0
+    assert "photo folders (low images synthesized on the fly" in proc.stdout
     # the target row is the pipeline as train.py runs it: the sample's decoded images fit in memory
     assert report["data_pipeline"]["in_memory"] and not report["data_pipeline_from_disk"]["in_memory"]
     assert (
