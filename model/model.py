@@ -47,6 +47,7 @@ ARCHITECTURE = (
     "num_resolution",
     "sqrt_input",
     "standardize_inputs",
+    "full_res_dim",
 )
 """Hyper-parameters that define the network (its weights' layout, or what it computes with them, like the
 input standardisation): a checkpoint only fits a model with the same values."""
@@ -76,6 +77,7 @@ class LowLightEnhancerLightning(L.LightningModule):
         dropout_ratio: float = 0.0,
         sqrt_input: bool = True,
         standardize_inputs: bool = False,
+        full_res_dim: int = 0,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

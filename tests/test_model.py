@@ -411,3 +411,42 @@ def test_checkpoint_of_a_standardized_model_reloads_standardized(tmp_path):
         plain = LowLightEnhancerLightning(embed_dim=8, num_heads=1).eval()
         plain.load_state_dict(trained.state_dict())  # the same weights without the standardisation
         assert not torch.allclose(plain(x), trained(x), atol=1e-3)
+
+
+def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):
+    """full_res_dim adds a stage at full resolution (an option under measurement, docs/measurements.md):
+    its checkpoints rebuild it, older ones load without it, and tiles with the whole image's
+    attention still reproduce the whole-image output."""
+    from engine.predict import Enhance, enhance_one
+    from model.model import load_checkpoint
+    from utils.hparams import TileHparams
+
+    torch.manual_seed(0)
+    full = LowLightEnhancerLightning(embed_dim=8, num_heads=1, full_res_dim=8).eval()
+    plain = LowLightEnhancerLightning(embed_dim=8, num_heads=1).eval()
+    assert {k for k in full.state_dict() if "full_" in k} and not {
+        k for k in plain.state_dict() if "full_" in k
+    }
+    version = {"pytorch-lightning_version": L.__version__}
+    path = tmp_path / "full.ckpt"
+    torch.save({"state_dict": full.state_dict(), "hyper_parameters": dict(full.hparams), **version}, path)
+    old = tmp_path / "old.ckpt"  # written before the option existed
+    hparams = {k: v for k, v in plain.hparams.items() if k != "full_res_dim"}
+    torch.save({"state_dict": plain.state_dict(), "hyper_parameters": hparams, **version}, old)
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert load_checkpoint(path).hparams.full_res_dim == 8
+        torch.testing.assert_close(load_checkpoint(path)(x), full(x))
+        assert load_checkpoint(old).hparams.full_res_dim == 0
+        torch.testing.assert_close(load_checkpoint(old)(x), plain(x))
+
+    image = 0.3 * torch.rand(1, 3, 300, 451, generator=torch.Generator().manual_seed(1))
+    enhance = Enhance(full.model, torch.device("cpu"), self_ensemble=False)
+    whole = enhance(image).clamp(0, 1)
+
+    def full_size(x, pixels):
+        return enhance.whole_image_attention(x, pixels=x.shape[-2] * x.shape[-1])
+
+    tiles = TileHparams(tile=256, tile_overlap=64, max_pixels=10**9)
+    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
+    assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0

@@ -108,8 +108,14 @@ class ModelHparams:
     but not yet significant plain PSNR (docs/measurements.md, quality experiments). Checkpoints
     from before this option load with it off."""
 
+    full_res_dim: int = 0
+    """Width of a full-resolution stage in the decoder (0: none): the image embedded at full
+    resolution, fused with the head's features and refined by one transformer block before the
+    output convolution. Checkpoints from before this option load with it 0."""
+
     def __post_init__(self) -> None:
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
+        _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
             self.kernel_size >= 1 and self.kernel_size % 2 == 1,
             f"kernel_size must be a positive odd number, got {self.kernel_size}",
@@ -124,7 +130,7 @@ class ModelHparams:
         _check(0 <= self.dropout_ratio < 1, f"dropout_ratio must be in [0, 1), got {self.dropout_ratio}")
 
 
-LEGACY_DEFAULTS = {"sqrt_input": False, "standardize_inputs": False}
+LEGACY_DEFAULTS = {"sqrt_input": False, "standardize_inputs": False, "full_res_dim": 0}
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in
 after the first checkpoints)."""

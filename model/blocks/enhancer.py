@@ -15,6 +15,11 @@
 With ``standardize_inputs`` every patch embedding (the decoder's and the encoder's two) first
 standardises its input with the fixed constants of ``INPUT_STATS``.
 
+With ``full_res_dim`` > 0 the decoder also works at full resolution, where the noise of a dark photo
+lives: a 3x3 convolution embeds the image (and its square root) into ``full_res_dim`` channels at
+full resolution, a 1x1 convolution fuses them with the head's features, and one transformer block
+(channel self-attention, linear in pixels) refines them before the output convolution.
+
 All attention is channel attention (:mod:`model.blocks.attention`), so cost is linear in the
 number of pixels. Features live at half resolution (a patch embedding equal to pixel-unshuffle + conv) and the
 U-Net halves the resolution ``num_resolution - 1`` more times, so inputs are padded (replicate) to
@@ -122,6 +127,7 @@ class Decoder(nn.Module):
         dropout_ratio: float,
         sqrt_input: bool,
         standardize_inputs: bool,
+        full_res_dim: int = 0,
     ) -> None:
         super().__init__()
         dims = [embed_dim * 2**i for i in range(num_resolution)]
@@ -147,7 +153,12 @@ class Decoder(nn.Module):
         # Back to full resolution, then one 3x3 convolution there: a sub-pixel layer alone predicts
         # each 2x2 block of output pixels from one feature vector, which leaves blocking artefacts.
         self.head = PatchUnembed(dims[0], HEAD_CHANNELS)  # (B, HEAD_CHANNELS, H, W)
-        self.out = nn.Conv2d(HEAD_CHANNELS, channels, kernel_size=3, padding=1)
+        self.full_res_dim = full_res_dim
+        if full_res_dim:
+            self.full_embed = nn.Conv2d(len(inputs) * channels, full_res_dim, kernel_size=3, padding=1)
+            self.full_fuse = nn.Conv2d(HEAD_CHANNELS + full_res_dim, full_res_dim, kernel_size=1)
+            self.full_block = TransformerBlock(full_res_dim, 1, **kw)
+        self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, channels, kernel_size=3, padding=1)
         nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
 
     def forward(self, image: Tensor, context: Tensor) -> Tensor:
@@ -155,10 +166,9 @@ class Decoder(nn.Module):
         contexts = [context]
         for down in self.context_down:
             contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
-        if self.sqrt_input:  # a brightened copy (gamma 1/2) beside the image: dark values spread out
-            x = self.embed(torch.cat((image, image.clamp_min(0).sqrt()), dim=1))  # (B, D, H/2, W/2)
-        else:
-            x = self.embed(image)
+        # with sqrt_input, a brightened copy (gamma 1/2) beside the image: dark values spread out
+        inputs = torch.cat((image, image.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else image
+        x = self.embed(inputs)  # (B, D, H/2, W/2)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
             x = block(x)
@@ -168,7 +178,11 @@ class Decoder(nn.Module):
         for i in reversed(range(len(self.up))):
             x = self.merge[i](torch.cat((self.up[i](x), skips[i]), dim=1))
             x = self.up_blocks[i](x, contexts[i])
-        return image + self.out(F.gelu(self.head(x)))
+        y = F.gelu(self.head(x))  # (B, HEAD_CHANNELS, H, W)
+        if self.full_res_dim:
+            y = self.full_fuse(torch.cat((y, self.full_embed(inputs)), dim=1))  # (B, full_res_dim, H, W)
+            y = self.full_block(y)
+        return image + self.out(y)
 
 
 class Enhancer(nn.Module):
@@ -190,6 +204,7 @@ class Enhancer(nn.Module):
         dropout_ratio: float = 0.0,
         sqrt_input: bool = True,
         standardize_inputs: bool = False,
+        full_res_dim: int = 0,
     ) -> None:
         super().__init__()
         if num_resolution < 1:
@@ -206,6 +221,7 @@ class Enhancer(nn.Module):
             dropout_ratio,
             sqrt_input,
             standardize_inputs,
+            full_res_dim,
         )
 
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
