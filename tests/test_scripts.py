@@ -377,6 +377,30 @@ def test_devices_take_every_form_the_help_names(tmp_path):
     assert LightningEngine(accelerator="cpu", devices=[0]).device() == torch.device("cpu")
 
 
+def test_boolean_flags_take_the_bare_form_a_value_their_negation_or_a_config(tmp_path):
+    """``--resume`` as a user types it first, ``--resume true/false``, ``--no_resume`` and a config
+    file's ``resume: true`` all reach the hyper-parameters (the bare form used to fail with
+    "expected one argument"), and a bare flag does not swallow the next one."""
+    import bench
+    import train
+    from utils.utils import parse_hparams
+
+    def parsed(*argv: str) -> train.TrainHparams:
+        return parse_hparams(train.TrainHparams, "", list(argv))
+
+    assert parsed("--resume").resume is True and parsed().resume is False
+    assert parsed("--resume", "false").resume is False and parsed("--resume", "yes").resume is True
+    assert parsed("--resume", "--no_resume").resume is False
+    both = parsed("--deterministic", "--max_epochs", "3", "--compile")
+    assert both.deterministic and both.compile and both.max_epochs == 3
+    config = tmp_path / "resume.yaml"
+    config.write_text("resume: true\nsqrt_input: false\n")
+    from_file = parsed("--config", str(config))
+    assert from_file.resume is True and from_file.sqrt_input is False
+    assert parse_hparams(bench.BenchHparams, "", ["--self_ensemble"]).self_ensemble is True
+    assert "--resume [{true,yes,false,no}]" in run("train.py", "--help").stdout
+
+
 def test_self_ensemble_averages_the_eight_transforms():
     class ShiftRight(torch.nn.Module):  # not flip/rotation equivariant
         def forward(self, x):

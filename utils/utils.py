@@ -5,11 +5,12 @@ import logging
 import os
 import sys
 import tempfile
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, set_parsing_settings
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 log = logging.getLogger("illrecnet")
@@ -19,10 +20,25 @@ T = TypeVar("T")
 
 def build_parser(hparams_type: type, description: str) -> ArgumentParser:
     """A parser with one ``--name`` flag per field of ``hparams_type`` plus ``--config FILE.yaml``,
-    ``--print_config`` and ``--help``."""
+    ``--print_config`` and ``--help``. A boolean field takes the bare form (``--resume``), a value
+    (``--resume true``) or its negation (``--no_resume``): jsonargparse's ``ActionYesNo``."""
     parser = ArgumentParser(description=description, exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the flags below.")
-    parser.add_class_arguments(hparams_type, nested_key=None)
+    hints = typing.get_type_hints(hparams_type)
+    flags = [f for f in dataclasses.fields(hparams_type) if hints[f.name] is bool]
+    # the help text jsonargparse reads from each field's docstring
+    documented = ArgumentParser()
+    documented.add_class_arguments(hparams_type, nested_key=None)
+    helps = {action.dest: action.help for action in documented._actions}
+    parser.add_class_arguments(hparams_type, nested_key=None, skip={f.name for f in flags})
+    for f in flags:
+        parser.add_argument(
+            f"--{f.name}",
+            action=ActionYesNo(no_prefix="no_"),
+            nargs="?",
+            default=f.default,
+            help=helps.get(f.name),
+        )
     return parser
 
 
