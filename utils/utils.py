@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -60,8 +61,38 @@ def parse_hparams(
         raise  # unreachable: parser.error exits
 
 
+class _DropMessages(logging.Filter):
+    """Drops the records of one logger whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+THIRD_PARTY_NOISE = _DropMessages("💡 Tip: For seamless cloud logging")
+"""Lightning 2.6.6 advertises a logging service at every Trainer that has no LitLogger (an INFO record
+of ``lightning.pytorch.utilities.rank_zero``); only that message is dropped, the logger's others stay."""
+
+
+def silence_third_party_noise() -> None:
+    """Targeted filters for what third-party code prints in every run and no user can act on; never a
+    blanket filter, so the project's own warnings and the libraries' other ones still show."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if THIRD_PARTY_NOISE not in rank_zero.filters:
+        rank_zero.addFilter(THIRD_PARTY_NOISE)
+    # torch 2.14.1 deprecates LeafSpec; Lightning 2.6.6's own _pytree helper still builds and checks
+    # one at every step's result collection (a DeprecationWarning from Lightning, a FutureWarning from
+    # torch): matched by message, whatever the category.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def setup_logging() -> None:
-    """Plain ``LEVEL message`` lines on stderr for the project's logger."""
+    """Plain ``LEVEL message`` lines on stderr for the project's logger, and the third-party noise
+    silenced (:func:`silence_third_party_noise`)."""
+    silence_third_party_noise()
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
