@@ -146,3 +146,48 @@ def test_init_from_starts_from_the_weights_with_a_fresh_optimizer(starter, tmp_p
     refused = train(*common, "--init_from", str(corrupt), "--log_dir", str(tmp_path / "r2"))
     assert refused.returncode == 2 and f"cannot read checkpoint {corrupt}" in refused.stderr
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_model_card_scores_checkpoints_beside_the_dark_input_and_classical_enhancers(
+    starter, tmp_path
+) -> None:
+    from tools.model_card import ModelCardHparams, clahe, gamma
+    from tools.model_card import main as model_card
+
+    grey = np.full((2, 2, 3), 64, np.uint8)
+    assert gamma(grey)[0, 0, 0] == round(255 * (64 / 255) ** (1 / 2.2))  # 136
+    ramp = np.repeat(np.linspace(20, 60, 128).astype(np.uint8)[None, :, None], 128, axis=0).repeat(3, axis=2)
+    assert np.ptp(clahe(ramp)) > np.ptp(ramp)  # local contrast stretched on the luminance
+    rng = np.random.default_rng(0)
+    (tmp_path / "pair" / "low").mkdir(parents=True)
+    (tmp_path / "pair" / "high").mkdir()
+    high = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(high // 8).save(tmp_path / "pair" / "low" / "1.png")
+    Image.fromarray(high).save(tmp_path / "pair" / "high" / "1.png")
+    (tmp_path / "DICM" / "low").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 60, (100, 120, 3), dtype=np.uint8)).save(
+            tmp_path / "DICM" / "low" / f"{i}.jpg"
+        )
+    hp = ModelCardHparams(
+        models=[f"tiny={starter}"],
+        regimes=["lol"],
+        max_side=64,
+        lol_dir=str(tmp_path / "pair"),
+        unpaired=[str(tmp_path / "DICM" / "low"), str(tmp_path / "missing")],
+        grid=str(tmp_path / "grid.jpg"),
+        grid_photos=[str(tmp_path / "pair" / "low" / "1.png"), str(tmp_path / "none.png")],
+        grid_width=30,
+        output=str(tmp_path / "card.json"),
+    )
+    results = model_card(hp)
+    methods = ["dark input", "gamma", "clahe", "tiny"]
+    assert list(results["held_out"]) == list(results["real_pair"]) == list(results["unpaired"]) == methods
+    assert len(results["held_out"]["tiny"]["per_image"]) == 4  # four held-out photos, one regime
+    assert results["real_pair"]["gamma"]["psnr"] > results["real_pair"]["dark input"]["psnr"]
+    niqe = results["unpaired"]["tiny"]["sets"]["DICM"]
+    assert niqe["images"] == 2 and np.isfinite(niqe["NIQE"]) and np.isfinite(niqe["BRISQUE"])
+    assert Image.open(tmp_path / "grid.jpg").size == (4 * 30, 20)  # one row: 40x60 shrunk to 20x30
+    assert "| tiny |" in results["markdown"] and (tmp_path / "card.json").is_file()
+    with pytest.raises(ValueError, match="distinct"):
+        ModelCardHparams(models=["gamma=x.ckpt"])
