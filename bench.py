@@ -1,4 +1,4 @@
-"""Benchmark a trained IllRecNet checkpoint: per-image PSNR, SSIM, LPIPS, NIQE, BRISQUE.
+"""Benchmark a trained IllRecNet checkpoint, or compare methods: per-image PSNR, SSIM, LPIPS, NIQE, BRISQUE.
 
 Every sub-dataset under ``--bench_data_path`` is enhanced at native resolution (the architecture
 comes from the checkpoint) and scored under an explicit protocol (RGB, outputs clamped and rounded
@@ -6,6 +6,12 @@ to 8 bits; GT-mean numbers only in their own ``*_GTmean`` columns). Writes ``ben
 per image) and ``bench.json`` (means, counts, protocol, checkpoint sha256, package versions) into
 ``<log_dir>/<experiment_name>/version_<N>/``, prints one Markdown table per sub-dataset and logs
 them to TensorBoard. Sub-datasets with only ``low/`` get the no-reference metrics.
+
+``--methods '[ours=path/best.ckpt, Retinexformer=results/retinexformer/]'`` scores several methods
+under the same protocol (a checkpoint is enhanced here, a folder holds another method's outputs,
+``FOLDER/<sub-dataset>/<stem>.*``): one table per sub-dataset and one over all, paired differences
+against the first method, as table.md, table.csv, table.tex (booktabs), bench.csv and bench.json;
+``--report`` adds report.html (engine/compare.py, engine/report.py).
 """
 
 import sys
@@ -21,6 +27,11 @@ class BenchHparams(TileHparams, RuntimeHparams, CacheHparams):
 
     checkpoint_path: str = ""
     """Checkpoint to evaluate; empty: the shipped starter model (checkpoints/starter.ckpt)."""
+    methods: list[str] = field(default_factory=list)
+    """Methods to compare, 'label=path' each (a checkpoint, or a folder of another method's outputs
+    FOLDER/<sub-dataset>/<stem>.*); the first is the baseline of the paired differences."""
+    report: bool = False
+    """Also write report.html: images side by side, a before/after slider, sortable scores."""
     bench_data_path: str = "data/3_bench"
     """Bench split: sub-datasets with low/ and (optionally) high/."""
     metrics: list[str] = field(default_factory=lambda: ["PSNR", "SSIM", "LPIPS", "NIQE", "BRISQUE"])
@@ -41,6 +52,8 @@ class BenchHparams(TileHparams, RuntimeHparams, CacheHparams):
         unknown = sorted({m.upper() for m in self.metrics} - set(METRICS))
         if unknown or not self.metrics:
             raise ValueError(f"--metrics must be a non-empty subset of {list(METRICS)}, got {self.metrics}")
+        if self.methods and self.checkpoint_path:
+            raise ValueError("give --methods or --checkpoint_path (the one-method shorthand), not both")
 
 
 def get_hparams() -> BenchHparams:
@@ -57,6 +70,9 @@ def main(hp: BenchHparams) -> None:
     from model.model import load_checkpoint, resolve_checkpoint
 
     engine = LightningEngine.from_hparams(hp)
+    if hp.methods or hp.report:
+        compare(hp, engine)
+        return
     hp.checkpoint_path = str(resolve_checkpoint(hp.checkpoint_path))  # default: the shipped starter model
     module = load_checkpoint(hp.checkpoint_path)
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
@@ -85,6 +101,46 @@ def main(hp: BenchHparams) -> None:
     finally:
         writer.close()
     print(f"\n{result.tables}\nwritten: {out_dir / 'bench.csv'}, {out_dir / 'bench.json'}")
+
+
+def compare(hp: BenchHparams, engine) -> None:
+    """``--methods`` (or ``--report`` for one checkpoint): every method on every sub-dataset."""
+    from pathlib import Path
+
+    from engine.compare import parse_methods, run_compare
+    from engine.runner import discard_if_unused, new_run_dir
+    from model.model import resolve_checkpoint
+
+    if hp.methods:
+        methods = parse_methods(hp.methods)
+    else:
+        path = resolve_checkpoint(hp.checkpoint_path)
+        methods = parse_methods([f"{path.stem}={path}"])
+    out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
+    try:
+        result = run_compare(
+            methods,
+            hp.bench_data_path,
+            out_dir,
+            hp.metrics,
+            hp.strict_metrics,
+            hp,
+            engine.device(),
+            self_ensemble=hp.self_ensemble,
+            precision=hp.precision,
+            cache_gb=hp.cache_gb,
+            report=hp.report,
+        )
+    except BaseException:
+        try:
+            discard_if_unused(out_dir)
+        except OSError:
+            log.debug("could not remove %s", out_dir, exc_info=True)
+        raise
+    written = ", ".join(
+        str(out_dir / f) for f in ("table.md", "table.csv", "table.tex", "bench.csv", "bench.json")
+    )
+    print(f"\n{result.tables}\nwritten: {written}" + (f", {out_dir / 'report.html'}" if hp.report else ""))
 
 
 if __name__ == "__main__":
