@@ -236,11 +236,14 @@ def summarise(rows: list[dict], methods: list[Method], datasets: list[str], colu
     first = methods[0].label
     for table in [*datasets, ALL]:
         own = [r for r in rows if table == ALL or r["dataset"] == table]
-        entry = {"means": {}, "images": {}, "paired": {}}
+        entry = {"means": {}, "images": {}, "scored": {}, "paired": {}}
         for method in methods:
             mine = [r for r in own if r["method"] == method.label]
             entry["means"][method.label] = {c: _mean([r[c] for r in mine]) for c in columns}
             entry["images"][method.label] = len(mine)
+            entry["scored"][method.label] = {
+                c: sum(r[c] is not None and math.isfinite(r[c]) for r in mine) for c in columns
+            }
         base = {(r["dataset"], r["image"]): r for r in own if r["method"] == first}
         for method in methods[1:]:
             entry["paired"][method.label] = {}
@@ -281,8 +284,13 @@ def markdown(tables: dict, columns: list[str], protocol: str) -> str:
         out.append("|---|---|" + "---|" * len(columns))
         tops = {c: best(entry["means"], c) for c in columns}
         for label, means in entry["means"].items():
-            cells = [_cell(means[c], tops[c], ("**", "**")) for c in columns]
-            out.append(f"| {label} | {entry['images'][label]} | " + " | ".join(cells) + " |")
+            images, scored = entry["images"][label], entry["scored"][label]
+            cells = [
+                _cell(means[c], tops[c], ("**", "**"))
+                + (f" ({scored[c]}/{images})" if means[c] is not None and scored[c] < images else "")
+                for c in columns
+            ]
+            out.append(f"| {label} | {images} | " + " | ".join(cells) + " |")
         if entry["paired"]:
             first = next(iter(entry["means"]))
             out += ["", f"Paired per-image differences against {first} (95 % interval; images better):", ""]
@@ -293,7 +301,7 @@ def markdown(tables: dict, columns: list[str], protocol: str) -> str:
                         continue
                     ci = "" if d["ci95"] is None else f" ({d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f})"
                     parts.append(f"{score} {d['mean']:+.4f}{ci}, better on {d['better']}/{d['images']}")
-                out.append(f"- {label}: " + "; ".join(parts))
+                out.append(f"- {label}: " + ("; ".join(parts) or "no full-reference scores (no high/)"))
         out.append("")
     return "\n".join(out)
 
