@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
@@ -210,6 +211,7 @@ def test_the_report_holds_every_image_and_names_only_as_data(bench) -> None:
         assert set(row["images"]) == {"low", "reference", "ours", "saved", "gamma", "deep"}
         for image in row["images"].values():
             assert (bench["out"] / image["thumb"]).is_file()
+            assert (bench["out"] / unquote(image["full"])).is_file()  # the link opens the full image
             assert Image.open(bench["out"] / image["thumb"]).size[0] <= 256
     assert "http" not in page.replace("http-equiv", "")  # nothing from the network
 
