@@ -222,8 +222,12 @@ def test_learns_one_pair():
     assert after >= before + 5, (before, after)
 
 
-@pytest.mark.parametrize("size", [(512, 512), (300, 451)])
-@pytest.mark.parametrize("self_ensemble", [False, True])
+@pytest.mark.parametrize(
+    ("self_ensemble", "size"),
+    # the self-ensemble at the size off the network's stride only: its eight views at 512x512 took
+    # five minutes of the suite and test nothing the odd size does not (each view on its own grid)
+    [(False, (512, 512)), (False, (300, 451)), (True, (300, 451))],
+)
 def test_tiles_share_the_whole_image_attention(self_ensemble, size):
     """Channel attention is the enhancer's only global operation. Tiles that each compute it from
     their own pixels only approximate the whole image (a trained checkpoint shifts a tile's
