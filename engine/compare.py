@@ -29,7 +29,7 @@ import torch
 
 from data.utils import DataError, DecodedImages, ImagePair, decode_image_array, list_images, to_unit_float
 from utils.metrics import GT_MEAN_COLUMNS, LOWER_IS_BETTER, PROTOCOL_SUMMARY, BenchScorer
-from utils.utils import atomic_write_text, log
+from utils.utils import atomic_write_text, log, sha256_of
 
 PAIRED = ("PSNR", "SSIM")
 """Scores whose per-image differences against the first method are reported."""
@@ -417,7 +417,7 @@ def run_compare(
     """Score every method on every image of ``bench_data_path`` (see the module docstring); with
     ``report`` also write ``report.html`` and its thumbnails (:mod:`engine.report`)."""
     from data.utils import validate_split
-    from engine.predict import Enhance, enhance_one, sha256_of
+    from engine.predict import Enhance, enhance_one
     from model.model import load_checkpoint
 
     decoded = DecodedImages(cache_gb)

@@ -6,7 +6,6 @@ atomically one by one, and a bad file is reported without stopping the others.
 """
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -41,7 +40,7 @@ from model.blocks.enhancer import Enhancer
 from utils.hparams import TileHparams
 from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer
 from utils.tiling import enhance_image, is_out_of_memory
-from utils.utils import atomic_write_text, log
+from utils.utils import atomic_write_text, log, sha256_of
 
 
 class BenchError(RuntimeError):
@@ -148,14 +147,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     image: 100 MB, where a chain of out-of-place steps held 300 MB)."""
     levels = x[0].float().clamp(0.0, 1.0).mul_(255.0).round_()
     return levels.to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def enhance_one(

@@ -11,7 +11,6 @@ in the message) before the optimizer step, so no bad weights are ever saved; wit
 logged as ``train/skipped_nonfinite``).
 """
 
-import hashlib
 import inspect
 import logging
 import math
@@ -30,6 +29,7 @@ from model.blocks.enhancer import Enhancer
 from model.loss import MaeMseLoss
 from utils.hparams import LEGACY_DEFAULTS
 from utils.metrics import psnr, quantize_8bit, ssim
+from utils.utils import sha256_of
 
 VALID_KEYS = ("1_mae", "2_mse", "3_total", "psnr", "ssim")
 """Validation values, logged as ``valid/<key>``: the mean over the whole split."""
@@ -312,14 +312,6 @@ Its sha256 is in ``starter.sha256`` beside it, so a changed or truncated file is
 RESTORE_HINT = "restore it with `git checkout -- checkpoints/starter.ckpt checkpoints/starter.sha256`"
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_checkpoint(path: str | Path | None, starter: Path | None = None) -> Path:
     """``path`` when given; otherwise the shipped starter model, checked against its recorded sha256
     (a :class:`CheckpointError` naming the file and how to restore it when it is missing, truncated
@@ -335,7 +327,7 @@ def resolve_checkpoint(path: str | Path | None, starter: Path | None = None) -> 
             f"{RESTORE_HINT} (or pass --checkpoint_path)"
         )
     expected = recorded.read_text().split()[0]
-    actual = file_sha256(starter)
+    actual = sha256_of(starter)
     if actual != expected:
         raise CheckpointError(
             f"{starter} is not the shipped starter model (sha256 {actual[:12]}..., recorded "
@@ -365,7 +357,7 @@ def save_weights(checkpoint_path: str | Path, output: str | Path) -> str:
     torch.save(slim, buffer)
     output = Path(output)
     atomic_write_bytes(output, buffer.getvalue())
-    digest = file_sha256(output)
+    digest = sha256_of(output)
     atomic_write_text(output.with_suffix(".sha256"), f"{digest}  {output.name}\n")
     return digest
 

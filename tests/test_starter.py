@@ -15,6 +15,7 @@ from PIL import Image
 
 from model import model as model_module
 from model.model import CheckpointError, LowLightEnhancerLightning, resolve_checkpoint, save_weights
+from utils.utils import sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"embed_dim": 8, "num_heads": 1}
@@ -49,7 +50,7 @@ def test_save_weights_keeps_the_weights_and_architecture_only(starter, tmp_path)
     saved = torch.load(starter, map_location="cpu", weights_only=True)
     assert set(saved) == {"state_dict", "hyper_parameters", "epoch", "global_step"}  # no optimizer
     assert saved["hyper_parameters"]["embed_dim"] == 8
-    assert starter.with_suffix(".sha256").read_text().split()[0] == model_module.file_sha256(starter)
+    assert starter.with_suffix(".sha256").read_text().split()[0] == sha256_of(starter)
     full = torch.load(tmp_path / "full.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.equal(full["state_dict"][k], v) for k, v in saved["state_dict"].items())
 
