@@ -65,9 +65,11 @@ def main(hp: BenchHparams) -> None:
 
     from torch.utils.tensorboard import SummaryWriter
 
+    from engine.bench import BenchSettings, run_bench
     from engine.engine import LightningEngine
-    from engine.runner import discard_if_unused, new_run_dir
+    from engine.run_dirs import discard_if_unused, new_run_dir
     from model.model import load_checkpoint, resolve_checkpoint
+    from utils.hparams import field_values
 
     engine = LightningEngine.from_hparams(hp)
     if hp.methods or hp.report:
@@ -75,22 +77,19 @@ def main(hp: BenchHparams) -> None:
         return
     hp.checkpoint_path = str(resolve_checkpoint(hp.checkpoint_path))  # default: the shipped starter model
     module = load_checkpoint(hp.checkpoint_path)
+    settings = BenchSettings(
+        bench_data_path=hp.bench_data_path,
+        checkpoint_path=hp.checkpoint_path,
+        metrics=hp.metrics,
+        strict=hp.strict_metrics,
+        tiles=TileHparams(**field_values(hp, TileHparams)),
+        save_images=hp.save_images,
+        cache_gb=hp.cache_gb,
+    )
     out_dir = new_run_dir(Path(hp.log_dir) / hp.experiment_name)
     writer = SummaryWriter(str(out_dir))
     try:
-        result = engine.bench(
-            module,
-            self_ensemble=hp.self_ensemble,
-            bench_data_path=hp.bench_data_path,
-            out_dir=out_dir,
-            metrics=hp.metrics,
-            strict=hp.strict_metrics,
-            tiles=hp,
-            save_images=hp.save_images,
-            checkpoint_path=hp.checkpoint_path,
-            logger=writer,
-            cache_gb=hp.cache_gb,
-        )
+        result = run_bench(engine.enhancer(module, hp.self_ensemble), settings, out_dir, logger=writer)
     except BaseException:  # a failed run (bad data, a --strict_metrics error) leaves no empty folder
         writer.close()
         try:
@@ -108,7 +107,7 @@ def compare(hp: BenchHparams, engine) -> None:
     from pathlib import Path
 
     from engine.compare import parse_methods, run_compare
-    from engine.runner import discard_if_unused, new_run_dir
+    from engine.run_dirs import discard_if_unused, new_run_dir
     from model.model import resolve_checkpoint
 
     if hp.methods:

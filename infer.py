@@ -43,20 +43,20 @@ def main(hp: InferHparams) -> None:
     from pathlib import Path
 
     from engine.engine import LightningEngine
-    from engine.predict import collect_inputs
+    from engine.infer import collect_inputs, run_infer
     from model.model import load_checkpoint, resolve_checkpoint
+    from utils.hparams import field_values
 
     engine = LightningEngine.from_hparams(hp)
     hp.checkpoint_path = str(resolve_checkpoint(hp.checkpoint_path))  # default: the shipped starter model
     module = load_checkpoint(hp.checkpoint_path)
     inputs = collect_inputs(hp.infer_data_path, hp.input)
     out_dir = Path(hp.log_dir) / hp.experiment_name / "inference"
-    summary = engine.infer(
-        module,
-        self_ensemble=hp.self_ensemble,
+    summary = run_infer(
+        engine.enhancer(module, hp.self_ensemble),
         inputs=inputs,
         out_dir=out_dir,
-        tiles=hp,
+        tiles=TileHparams(**field_values(hp, TileHparams)),
         overwrite=hp.overwrite,
         checkpoint_path=hp.checkpoint_path,
     )

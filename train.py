@@ -56,7 +56,8 @@ def get_hparams() -> TrainHparams:
 
 
 def main(hp: TrainHparams) -> None:
-    from engine.runner import TrainingInterrupted, evaluate_run, is_rank_zero, resume_command, run_training
+    from engine.run_dirs import is_rank_zero
+    from engine.runner import TrainingInterrupted, evaluate_run, resume_command, run_training
 
     try:
         run_dir, results = run_training(hp)

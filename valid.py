@@ -40,7 +40,7 @@ def main(hp: ValidHparams) -> None:
 
     from data.dataloader import LowLightDataModule
     from engine.engine import LightningEngine
-    from engine.runner import is_rank_zero, new_run_dir
+    from engine.run_dirs import is_rank_zero, new_run_dir
     from model.model import load_checkpoint
     from utils.utils import atomic_write_text
 

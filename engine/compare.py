@@ -417,7 +417,7 @@ def run_compare(
     """Score every method on every image of ``bench_data_path`` (see the module docstring); with
     ``report`` also write ``report.html`` and its thumbnails (:mod:`engine.report`)."""
     from data.utils import validate_split
-    from engine.predict import Enhance, enhance_one
+    from engine.enhance import Enhance, enhance_one
     from model.model import load_checkpoint
 
     decoded = DecodedImages(cache_gb)

@@ -1,4 +1,4 @@
-"""Training runs: run folders, the frozen -> trainable sessions, resume, and the closing summary.
+"""Training runs: the frozen -> trainable sessions, resume, and the closing summary, bench and inference.
 
 Layout of one run (``train.py`` invocation)::
 
@@ -7,8 +7,7 @@ Layout of one run (``train.py`` invocation)::
         trainable/  the same
         summary.json
 
-Every run gets a fresh ``version_<N>`` (created with an exclusive ``mkdir``), so two runs with the
-same ``experiment_name`` never write into each other's folders. ``--resume`` picks the newest
+Every run gets a fresh ``version_<N>`` (:mod:`engine.run_dirs`). ``--resume`` picks the newest
 version and continues each session that has no ``result.json`` from its newest checkpoint:
 ``last.ckpt`` (written after every finished epoch) or ``interrupted.ckpt`` (written on Ctrl-C, SIGTERM
 or an error), whichever holds more steps. A checkpoint that cannot be read or does not fit the model
@@ -17,11 +16,7 @@ is an error naming it and the other checkpoints of its folder, never a silent fr
 
 import inspect
 import json
-import os
-import re
 import shlex
-import shutil
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +25,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.dataloader import LowLightDataModule
-from engine.engine import (
-    INTERRUPTED,
-    LAST,
-    MONITOR,
-    GracefulInterrupt,
-    InterruptCheckpoint,
-    LightningEngine,
-)
+from engine.bench import BenchSettings, run_bench
+from engine.callbacks import INTERRUPTED, LAST, MONITOR, GracefulInterrupt, InterruptCheckpoint
+from engine.engine import LightningEngine
+from engine.infer import collect_inputs, run_infer
+from engine.run_dirs import is_rank_zero, resolve_run_dir
 from model.model import (
     ARCHITECTURE,
     CheckpointError,
@@ -49,7 +41,6 @@ from utils.hparams import DataHparams, ModelHparams, OptimHparams, TileHparams
 from utils.utils import atomic_write_text, log
 
 SESSIONS = ("frozen", "trainable")
-RUN_DIR_ENV = "ILLRECNET_RUN_DIR"  # shared with DDP worker processes that re-run the script
 RESUME_FIELDS = (*ARCHITECTURE, "trainable_separation")
 """Hyper-parameters a resumed checkpoint must share with the session (its optimizer state depends on them)."""
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops")
@@ -73,128 +64,6 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def new_run_dir(experiment_dir: Path) -> Path:
-    """Create and return ``experiment_dir/version_<N>`` with the next free N (race-free)."""
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        taken = [
-            int(m.group(1)) for p in experiment_dir.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))
-        ]
-        candidate = experiment_dir / f"version_{max(taken, default=-1) + 1}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-
-
-def discard_if_unused(run_dir: Path) -> bool:
-    """Remove ``run_dir`` (and return True) when a run failed before writing anything but TensorBoard
-    event files, so a failed ``bench.py`` leaves no empty ``version_<N>`` behind; a folder holding any
-    other file or link (a partial table, saved images) is kept as it is."""
-    files = [p for p in run_dir.rglob("*") if p.is_symlink() or not p.is_dir()]
-    if any(not p.name.startswith("events.out.tfevents.") for p in files):
-        return False
-    shutil.rmtree(run_dir)  # event files and folders only: no link left to follow
-    return True
-
-
-def latest_run_dir(experiment_dir: Path) -> Path | None:
-    """The newest ``version_<N>`` folder that holds a checkpoint or a finished session, or None.
-    Newer folders without either (a run that failed before its first checkpoint, e.g. on bad data)
-    are passed over with a note, so ``--resume`` never continues an empty run instead of a real one."""
-    if not experiment_dir.is_dir():
-        return None
-    runs = sorted(
-        (
-            (int(m.group(1)), p)
-            for p in experiment_dir.iterdir()
-            if (m := re.fullmatch(r"version_(\d+)", p.name))
-        ),
-        reverse=True,
-    )
-    for _, run in runs:
-        if any(run.glob("*/checkpoints/*.ckpt")) or any(run.glob("*/result.json")):
-            return run
-        log.info("--resume: %s holds no checkpoint; looking at older runs", run)
-    return None
-
-
-def is_rank_zero() -> bool:
-    """True in the process that owns the run folder: global rank 0 under torchrun (``RANK``) or SLURM
-    (``SLURM_PROCID``), else the first process of Lightning's own launcher."""
-    for key in ("RANK", "SLURM_PROCID"):
-        if key in os.environ:
-            return int(os.environ[key]) == 0
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-
-
-def _external_launch_id() -> str | None:
-    """An id shared by every process of one attempt of a torchrun / srun launch with several
-    processes, else None. It includes the restart count (a requeued SLURM job keeps its job id, a
-    torchrun restart its run id and port), so that the ranks of a restarted attempt never read the
-    pointer of the attempt before it."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-        step, restart = os.environ.get("SLURM_STEP_ID", "0"), os.environ.get("SLURM_RESTART_COUNT", "0")
-        return f"slurm-{os.environ['SLURM_JOB_ID']}-{step}-r{restart}"
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        address = f"{os.environ.get('MASTER_ADDR', '')}-{os.environ.get('MASTER_PORT', '')}"
-        return f"torchrun-{run_id}-{address}-r{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    return None
-
-
-POINTER_WAIT_S = 600.0
-POINTER_MAX_AGE_S = 300.0
-
-
-def resolve_run_dir(experiment_dir: Path, resume: bool) -> Path:
-    """The run folder of this invocation, one for all processes of a distributed run.
-
-    Lightning's own launcher re-runs the script in worker processes: they inherit the folder through
-    an environment variable. Under torchrun or SLURM every process starts on its own: global rank 0
-    chooses the folder and writes a pointer file named after the launch id next to it (so
-    ``log_dir`` must be on a file system all nodes share, as checkpoints must be); the other ranks
-    wait for a fresh pointer and read it.
-    """
-    if shared := os.environ.get(RUN_DIR_ENV):
-        return Path(shared)
-    launch_id = _external_launch_id()
-    pointer = experiment_dir / f".run-{launch_id}" if launch_id else None
-    if pointer is not None and not is_rank_zero():
-        run_dir = _wait_for_pointer(pointer)
-    else:
-        run_dir = _choose_run_dir(experiment_dir, resume)
-        if pointer is not None:
-            atomic_write_text(pointer, str(run_dir))
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir
-
-
-def _choose_run_dir(experiment_dir: Path, resume: bool) -> Path:
-    run_dir = None
-    if resume:
-        run_dir = latest_run_dir(experiment_dir)
-        if run_dir is None:
-            log.warning(
-                "--resume: no earlier run with a checkpoint under %s; starting a fresh run", experiment_dir
-            )
-        else:
-            log.info("--resume: continuing %s", run_dir)
-    return run_dir or new_run_dir(experiment_dir)
-
-
-def _wait_for_pointer(pointer: Path) -> Path:
-    """Rank > 0: the run folder rank 0 wrote into ``pointer`` (ignoring pointers older than a few
-    minutes, left by an earlier launch with the same id)."""
-    deadline = time.monotonic() + POINTER_WAIT_S
-    while time.monotonic() < deadline:
-        if pointer.is_file() and time.time() - pointer.stat().st_mtime < POINTER_MAX_AGE_S:
-            return Path(pointer.read_text().strip())
-        time.sleep(0.5)
-    raise RuntimeError(f"rank 0 did not announce the run folder in {pointer} within {POINTER_WAIT_S:.0f} s")
 
 
 def build_datamodule(hp: DataHparams, seed: int) -> LowLightDataModule:
@@ -481,7 +350,6 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
     bench/infer splits (each skipped with a note when its folder does not exist). Rank 0 only."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from engine.predict import collect_inputs
     from model.model import load_checkpoint
 
     if not is_rank_zero():
@@ -491,20 +359,18 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
     module = load_checkpoint(checkpoint)
     lines = []
     if Path(hp.bench_data_path).is_dir():
+        settings = BenchSettings(
+            bench_data_path=hp.bench_data_path,
+            checkpoint_path=checkpoint,
+            metrics=hp.bench_metrics,
+            strict=False,
+            tiles=TileHparams(),
+            save_images=True,
+            cache_gb=hp.cache_gb,
+        )
         writer = SummaryWriter(str(run_dir / "bench"))
         try:
-            result = engine.bench(
-                module,
-                bench_data_path=hp.bench_data_path,
-                out_dir=run_dir / "bench",
-                metrics=hp.bench_metrics,
-                strict=False,
-                tiles=TileHparams(),
-                save_images=True,
-                checkpoint_path=checkpoint,
-                logger=writer,
-                cache_gb=hp.cache_gb,
-            )
+            result = run_bench(engine.enhancer(module), settings, run_dir / "bench", logger=writer)
         finally:
             writer.close()
         lines += [
@@ -515,8 +381,8 @@ def evaluate_run(hp, run_dir: Path, checkpoint: str) -> str:
     else:
         lines.append(f"no bench split at {hp.bench_data_path}; skipped the closing bench")
     if Path(hp.infer_data_path).is_dir():
-        summary = engine.infer(
-            module,
+        summary = run_infer(
+            engine.enhancer(module),
             inputs=collect_inputs(hp.infer_data_path, None),
             out_dir=run_dir / "inference",
             tiles=TileHparams(),

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from data.dataloader import PairedImageDataset  # noqa: E402
-from engine.engine import AtomicCheckpointIO  # noqa: E402
+from engine.callbacks import AtomicCheckpointIO  # noqa: E402
 from utils.utils import parse_hparams, run_main  # noqa: E402
 
 

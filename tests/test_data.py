@@ -40,8 +40,9 @@ from data.utils import (
     scan_split,
     validate_split,
 )
+from tests.conftest import ROOT, run_python
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample"
+SAMPLE = ROOT / "sample"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -913,9 +914,6 @@ def test_split_validation_keeps_decoded_images_only_within_the_limit(tmp_path: P
 def test_decoding_a_read_only_array_does_not_warn(tmp_path: Path) -> None:
     """Pillow hands out read-only arrays; torch.from_numpy warns about those (once per process,
     so this runs in a fresh interpreter with warnings as errors)."""
-    import subprocess
-    import sys
-
     path = save(tmp_path / "a.png", rand_rgb(5, 7))
     code = (
         "import numpy as np, torch; from data.utils import load_image, to_unit_float; "
@@ -923,10 +921,7 @@ def test_decoding_a_read_only_array_does_not_warn(tmp_path: Path) -> None:
         "a = np.zeros((2, 3, 3), np.uint8); a.flags.writeable = False; "
         "assert torch.equal(to_unit_float(a), torch.zeros(3, 2, 3)) and t.shape == (3, 5, 7)"
     )
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code], cwd=root, capture_output=True, text=True, timeout=120
-    )
+    done = run_python("-W", "error", "-c", code, timeout=120, fresh=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
 

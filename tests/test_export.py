@@ -1,8 +1,5 @@
 """ONNX export (export.py): one file, dynamic sizes, onnxruntime matches PyTorch."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 from export import ExportError, ExportHparams, export_onnx  # noqa: E402
 from export import main as export_main  # noqa: E402
 from model.model import LowLightEnhancerLightning  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run_python  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,24 +83,11 @@ def test_verification_runs_on_an_odd_unseen_size_for_any_example_size(checkpoint
 
 def test_cli_exports_and_verifies(checkpoint, tmp_path):
     out = tmp_path / "cli.onnx"
-    cmd = [
-        sys.executable,
-        str(ROOT / "export.py"),
-        "--checkpoint_path",
-        str(checkpoint),
-        "--output",
-        str(out),
-    ]
-    env = {**os.environ, "ILLRECNET_IQA_DOWNLOAD": "0"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    cmd = [ROOT / "export.py", "--checkpoint_path", str(checkpoint), "--output", str(out)]
+    proc = run_python(*cmd, timeout=300, fresh=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.is_file() and "onnxruntime vs PyTorch" in proc.stdout
-    missing = subprocess.run(
-        [sys.executable, str(ROOT / "export.py"), "--checkpoint_path", str(tmp_path / "nope.ckpt")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+    missing = run_python(
+        ROOT / "export.py", "--checkpoint_path", str(tmp_path / "nope.ckpt"), timeout=300, fresh=False
     )
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr

@@ -184,7 +184,7 @@ def test_quantize_8bit() -> None:
 def test_saved_images_hold_the_levels_the_metrics_score() -> None:
     """infer/bench write ``to_uint8(pred)``; bench scores ``quantize_8bit(pred)``: the same 8-bit levels,
     out-of-range values and exact half levels (k + 0.5) / 255 included."""
-    from engine.predict import to_uint8
+    from engine.enhance import to_uint8
 
     halves = (torch.arange(256.0) + 0.5) / 255
     x = torch.cat([torch.rand(3 * 40 * 50) * 1.6 - 0.3, halves, torch.tensor([-1.0, 2.0])])

@@ -238,7 +238,7 @@ def test_tiles_share_the_whole_image_attention(self_ensemble, size):
     copy shrunk to one tile's pixels, 59 / 66 dB against 44 / 49 dB for tiles on their own.
     At a size that is not a multiple of the network's stride too: each view is tiled on its own
     grid (tiling inside the views put a rotated view's tiles off the grid: 35 dB at 203x301)."""
-    from engine.predict import Enhance, enhance_one
+    from engine.enhance import Enhance, enhance_one
     from utils.hparams import TileHparams
     from utils.tiling import enhance_tiled
 
@@ -421,7 +421,7 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
     """full_res_dim adds a stage at full resolution (an option under measurement, docs/measurements.md):
     its checkpoints rebuild it, older ones load without it, and tiles with the whole image's
     attention still reproduce the whole-image output."""
-    from engine.predict import Enhance, enhance_one
+    from engine.enhance import Enhance, enhance_one
     from model.model import load_checkpoint
     from utils.hparams import TileHparams
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,7 @@ from PIL import Image
 from data.dataloader import LowLightDataModule, PairedImageDataset
 from data.synthesize import REGIMES
 from data.utils import DataError, validate_split
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, TINY_MODEL, cli_flags, run_python
 
 
 def write_photos(folder: Path, names=("astronaut", "chelsea", "coffee"), step: int = 6) -> list[Path]:
@@ -126,15 +123,14 @@ def test_every_bad_photo_is_reported_at_once_and_small_ones_are_padded(tmp_path)
 
 
 def train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "ILLRECNET_RUN"))}
-    env |= {"ILLRECNET_IQA_DOWNLOAD": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
-    )
+    return run_python("train.py", *args, cwd=cwd)
 
 
-TINY = ["--embed_dim", "8", "--num_heads", "1", "--image_size", "32", "--batch_size", "2"]
-TINY += ["--num_workers", "0", "--accelerator", "cpu", "--session", "frozen", "--log_every_n_steps", "1"]
+TINY = cli_flags(
+    TINY_MODEL
+    | {"image_size": 32, "batch_size": 2, "num_workers": 0, "accelerator": "cpu", "session": "frozen"}
+    | {"log_every_n_steps": 1}
+)
 
 
 @pytest.mark.slow

@@ -11,9 +11,7 @@ that first epoch. Each scenario stops the run at an exact point through tests/fa
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +20,9 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from engine.runner import RUN_DIR_ENV
+from engine.run_dirs import RUN_DIR_ENV
+from tests.conftest import TINY_MODEL, cli_flags, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, STEPS = 3, 4  # 4 training pairs x train_repeat 2, batch 2: 4 steps an epoch
 SESSIONS = ("frozen", "trainable")
 
@@ -55,8 +53,7 @@ def flags(data: Path, log_dir: Path) -> list[str]:
         "valid_data_path": data / "2_valid",
         "bench_data_path": data / "none",
         "infer_data_path": data / "none",
-        "embed_dim": 8,
-        "num_heads": 1,
+        **TINY_MODEL,
         "image_size": 32,
         "batch_size": 2,
         "train_repeat": 2,
@@ -73,15 +70,11 @@ def flags(data: Path, log_dir: Path) -> list[str]:
         "log_every_n_steps": 1,
         "num_log_images": 1,
     }
-    return [arg for k, v in values.items() for arg in (f"--{k}", str(v))]
+    return cli_flags(values)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV and not k.startswith("PL_")}
-    env |= {"ILLRECNET_IQA_DOWNLOAD": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-    )
+    return run_python(*args)
 
 
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -252,7 +245,7 @@ def test_a_resume_keeps_a_best_ckpt_newer_than_its_starting_point(tmp_path) -> N
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from engine.engine import MONITOR, KeepNewerBest
+    from engine.callbacks import MONITOR, KeepNewerBest
 
     def best_callback(score: float | None) -> ModelCheckpoint:
         callback = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor=MONITOR, mode="min")
@@ -285,10 +278,10 @@ def test_a_restarted_distributed_launch_never_reads_the_run_folder_of_the_attemp
     """Under torchrun, rank 0 announces the run folder in a pointer file that the other ranks read. A
     torchrun restart keeps the run id and port: its ranks must wait for the new attempt's pointer, not
     follow the previous attempt's (which named another folder)."""
-    from engine import runner
+    from engine import run_dirs
 
     experiment = tmp_path / "exp"
-    monkeypatch.setattr(runner, "POINTER_WAIT_S", 1.0)
+    monkeypatch.setattr(run_dirs, "POINTER_WAIT_S", 1.0)
     launch = {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "job", "MASTER_ADDR": "node", "MASTER_PORT": "29500"}
     for key, value in launch.items():
         monkeypatch.setenv(key, value)
@@ -297,7 +290,7 @@ def test_a_restarted_distributed_launch_never_reads_the_run_folder_of_the_attemp
         monkeypatch.setenv(RUN_DIR_ENV, "")
         monkeypatch.setenv("RANK", str(number))
         monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
-        return runner.resolve_run_dir(experiment, resume=False)
+        return run_dirs.resolve_run_dir(experiment, resume=False)
 
     assert rank(0, 0) == rank(1, 0) == experiment / "version_0"
     with pytest.raises(RuntimeError, match="did not announce the run folder"):

@@ -6,7 +6,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,35 +16,17 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from engine.predict import Enhance
+from engine.enhance import Enhance
+from tests.conftest import ROOT, TINY_MODEL, cli_flags, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
-TINY = [
-    "--embed_dim",
-    "8",
-    "--num_heads",
-    "1",
-    "--accelerator",
-    "cpu",
-    "--devices",
-    "1",
-    "--num_workers",
-    "0",
-]
+TINY = cli_flags(TINY_MODEL | {"accelerator": "cpu", "devices": 1, "num_workers": 0})
 
 pytestmark = pytest.mark.slow
 
 
 def run(script: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "ILLRECNET_IQA_DOWNLOAD": "0", **(env or {})},
-    )
+    proc = run_python(ROOT / script, *args, fresh=False, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -491,14 +472,13 @@ def test_infer_with_several_devices_runs_once_on_one(trained, tmp_path):
 
 def test_torchrun_two_cpu_processes_share_one_run_folder(tmp_path):
     """Under torchrun every process starts on its own: rank 0 picks the folder, the other finds it."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "sample.yaml"), *TINY[:4],
-         "--num_workers", "0", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-         "--image_size", "32", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
-         "--log_dir", str(tmp_path), "--experiment_name", "tr", "--bench_data_path", str(tmp_path / "none"),
-         "--infer_data_path", str(tmp_path / "none")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    proc = run_python(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "sample.yaml"), *TINY[:4],
+        "--num_workers", "0", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+        "--image_size", "32", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
+        "--log_dir", str(tmp_path), "--experiment_name", "tr", "--bench_data_path", str(tmp_path / "none"),
+        "--infer_data_path", str(tmp_path / "none"), fresh=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [p.name for p in (tmp_path / "tr").iterdir() if not p.name.startswith(".")] == ["version_0"]

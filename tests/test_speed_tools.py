@@ -1,9 +1,7 @@
 """The yardstick U-Net, the speed report and the quality comparison (tools/)."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import ROOT, run_python
 from tools.compare_quality import CompareHparams, Side, pair_by_seed
 from tools.compare_quality import main as compare_main
 from tools.quality import (
@@ -25,19 +24,11 @@ from tools.quality import main as quality_main
 from tools.speed_report import TARGETS, compare, interleaved, markdown
 from tools.yardstick import YardstickUNet
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_HIGH = ROOT / "sample" / "1_train" / "SkimageSynth" / "high"
 
 
 def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "ILLRECNET_IQA_DOWNLOAD": "0"},
-    )
+    proc = run_python("-m", module, *args, timeout=timeout, fresh=False)
     assert proc.returncode == 0, (
         f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )
@@ -361,8 +352,7 @@ def test_compare_quality_refuses_what_is_not_a_paired_comparison(quality_run, tm
 
 def test_compare_quality_cli_names_the_problem(tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "tools.compare_quality", *args]
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return run_python("-m", "tools.compare_quality", *args, timeout=120, fresh=False)
 
     missing = str(tmp_path / "missing.json")
     proc = run(

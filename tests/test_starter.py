@@ -3,9 +3,7 @@ fine-tuning (``train.py --init_from``)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +13,14 @@ from PIL import Image
 
 from model import model as model_module
 from model.model import CheckpointError, LowLightEnhancerLightning, resolve_checkpoint, save_weights
+from tests.conftest import ROOT, TINY_MODEL, run_python
 from utils.utils import sha256_of
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {"embed_dim": 8, "num_heads": 1}
 
 
 def lightning_checkpoint(path: Path, **fields) -> Path:
     """A full Lightning-style checkpoint of a randomly initialised tiny model (with training state)."""
     torch.manual_seed(0)
-    module = LowLightEnhancerLightning(**(TINY | fields))
+    module = LowLightEnhancerLightning(**(TINY_MODEL | fields))
     checkpoint = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
@@ -104,11 +100,7 @@ def test_torch_hub_loads_the_starter_model_from_a_local_clone(starter) -> None:
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "ILLRECNET_RUN"))}
-    env |= {"ILLRECNET_IQA_DOWNLOAD": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-    )
+    return run_python("train.py", *args)
 
 
 @pytest.mark.slow

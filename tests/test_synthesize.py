@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from data.synthesize import (
     synthesize_low,
 )
 from data.utils import decode_image_array, validate_split
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, run_python
 
 
 def photo(height: int = 48, width: int = 64) -> np.ndarray:
@@ -38,13 +36,7 @@ def photo(height: int = 48, width: int = 64) -> np.ndarray:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "data.synthesize", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_python("-m", "data.synthesize", *args, timeout=120, fresh=False)
 
 
 def test_params_defaults_are_valid() -> None:
@@ -310,11 +302,11 @@ def test_cli_print_config_and_config_round_trip(tmp_path: Path, capsys) -> None:
 def test_make_sample_reproduces_the_shipped_sample(tmp_path: Path) -> None:
     counts = make_sample.build_sample(tmp_path, seed=0, params=SynthesisParams())
     assert counts == {"1_train": 10, "2_valid": 2, "3_bench": 2, "4_infer": 2}
-    shipped = sorted(p.relative_to(REPO / "sample") for p in (REPO / "sample").rglob("*") if p.is_file())
+    shipped = sorted(p.relative_to(ROOT / "sample") for p in (ROOT / "sample").rglob("*") if p.is_file())
     built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert shipped == built
     for rel in built:  # images: the same pixels (their bytes depend on the PNG compression level)
-        mine, theirs = tmp_path / rel, REPO / "sample" / rel
+        mine, theirs = tmp_path / rel, ROOT / "sample" / rel
         if rel.suffix == ".png":
             assert np.array_equal(decode_image_array(mine), decode_image_array(theirs)), rel
         else:

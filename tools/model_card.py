@@ -113,7 +113,7 @@ def clahe(image: np.ndarray) -> np.ndarray:
 def methods(hp: ModelCardHparams) -> dict:
     """Label -> function ``(H, W, 3) uint8 -> (H, W, 3) uint8``: the dark input, the classical
     enhancers and every checkpoint (fp32, on the CPU, whole images)."""
-    from engine.predict import Enhance
+    from engine.enhance import Enhance
     from model.model import load_checkpoint
     from utils.metrics import quantize_8bit
 

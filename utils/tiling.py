@@ -13,7 +13,7 @@ convolutions), the tiled result equals the whole-image result when `r <= overlap
 with a global receptive field (attention over the whole image, global pooling) only approximate the
 whole-image result unless their global statistics are computed once for the whole image and shared
 by the tiles: `enhance_image`'s `shared_context` does that (for IllRecNet,
-`engine.predict.Enhance.whole_image_attention`).
+`engine.enhance.Enhance.whole_image_attention`).
 
 The output is accumulated in place on the input's device: pass a CPU tensor for a huge image and let
 `fn` move each tile to the model's device. Any exception raised by `fn` propagates; no tile is skipped.

@@ -143,8 +143,8 @@ def run_main(main, hparams) -> None:
     that ``--strict_metrics`` requires but cannot compute exit with status 2, an ``OSError`` (a
     full disk, a permission) with status 1."""
     from data.utils import DataError
+    from engine.bench import BenchError
     from engine.engine import EngineError
-    from engine.predict import BenchError
     from model.model import CheckpointError, NonFiniteError
     from utils.metrics import MetricUnavailableError
 
