@@ -19,12 +19,12 @@ def illrecnet(pretrained: bool = True, checkpoint_path: str | None = None, **mod
             (``embed_dim=...``, see utils/hparams.py ModelHparams).
         checkpoint_path: load this checkpoint instead of the starter model.
     """
-    from model.model import LowLightEnhancerLightning, load_checkpoint, resolve_checkpoint
-    from utils.hparams import ModelHparams, field_values
+    from model.blocks.enhancer import Enhancer
+    from model.model import load_checkpoint, resolve_checkpoint
+    from utils.hparams import ModelHparams
 
     if pretrained or checkpoint_path:
         if model_fields:
             raise ValueError(f"a pretrained model has its own architecture; drop {sorted(model_fields)}")
         return load_checkpoint(resolve_checkpoint(checkpoint_path)).model.eval()
-    fields = field_values(ModelHparams(**model_fields), ModelHparams)
-    return LowLightEnhancerLightning(**fields).model.eval()
+    return Enhancer(ModelHparams(**model_fields)).eval()

@@ -42,13 +42,13 @@ def main(hp: ValidHparams) -> None:
     from engine.engine import LightningEngine
     from engine.run_dirs import is_rank_zero, new_run_dir
     from model.model import load_checkpoint
+    from utils.hparams import DataHparams
     from utils.utils import atomic_write_text
 
     engine = LightningEngine.from_hparams(hp)
     module = load_checkpoint(hp.checkpoint_path)
-    datamodule = LowLightDataModule(
-        valid_data_path=hp.valid_data_path, num_workers=hp.num_workers, cache_gb=hp.cache_gb
-    )
+    data = DataHparams(valid_data_path=hp.valid_data_path, num_workers=hp.num_workers, cache_gb=hp.cache_gb)
+    datamodule = LowLightDataModule(data, hp.seed)  # the seed darkens photo folders, as in training
     metrics = engine.valid(module, datamodule)[0]  # synced: the same on every rank
     if not is_rank_zero():
         return  # one report, written by rank 0

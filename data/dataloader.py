@@ -1,15 +1,16 @@
-"""Paired low/high datasets and the Lightning data module for the four splits.
+"""Paired low/high datasets and the Lightning data module of the train and valid splits.
 
-Splits follow the seed's layout (``data/1_train``, ``data/2_valid``, ``data/3_bench``,
-``data/4_infer``, each holding ``<SubDataset>/low`` and ``<SubDataset>/high``). Every split a stage
-needs is fully validated in :meth:`LowLightDataModule.setup`, so bad data raises a
-:class:`~data.utils.DataError` listing every problem before the first step.
+Splits follow the seed's layout (``data/1_train``, ``data/2_valid``, each holding
+``<SubDataset>/low`` and ``<SubDataset>/high``; bench.py and infer.py read ``data/3_bench`` and
+``data/4_infer`` themselves). Every split a stage needs is fully validated in
+:meth:`LowLightDataModule.setup`, so bad data raises a :class:`~data.utils.DataError` listing every
+problem before the first step.
 
 Batch format (a dict, collated by the default collate function):
 
 - ``low``: float32 (B, 3, H, W) in [0, 1]
 - ``high``: float32 (B, 3, H, W) in [0, 1]; the key is absent when the pair has no reference
-  (bench/infer sub-datasets with only ``low/``)
+  (``ImagePair.high`` is None)
 - ``name``: list of B low file names (extension included), ``dataset``: list of B sub-dataset
   names, ``low_path``: list of B paths as strings
 
@@ -28,8 +29,8 @@ split: every real pair is listed ``train_repeat`` times an epoch, every photo ``
 The training sampler (:class:`SeededSampler`) hands every index together with a seed for its crop
 and flips, a function of ``(seed, epoch, index)`` only, so the data a run sees does not depend on
 the number of loader workers or on which worker loads what, and a run resumed at an epoch boundary
-sees exactly the data an uninterrupted run would. Valid, bench and infer batches hold one whole
-image each (``batch_size=1``: the images differ in size), in sub-dataset then file order.
+sees exactly the data an uninterrupted run would. Validation batches hold one whole image each
+(``batch_size=1``: the images differ in size), in sub-dataset then file order.
 
 Under several processes (DDP) the validation split is sharded without repeats: each image goes to
 exactly one rank (Lightning's default distributed sampler would pad the split with repeated images
@@ -64,6 +65,7 @@ from data.utils import (
     validate_split,
     writable_contiguous,
 )
+from utils.hparams import DataHparams, field_values
 
 log = logging.getLogger(f"illrecnet.{__name__}")  # shown by utils.utils.setup_logging
 
@@ -196,7 +198,8 @@ class PairedImageDataset(Dataset):
         crop_size: side of the square random crop (train); None keeps whole images.
         augment: random horizontal/vertical flips and 90-degree rotations, identical for low and high.
         decoded: images already decoded (:func:`decode_in_memory`), by path; others are read from disk.
-        synthesis: degradation of the photos of photo folders (``ImagePair.synthetic``).
+        synthesis: degradation of the photos of photo folders (``ImagePair.synthetic``); default:
+            the regime ``DataHparams.synthesis`` names.
         synthesis_seed: seed of a photo's fixed low image when it is served without a sample seed
             (validation).
     """
@@ -215,7 +218,7 @@ class PairedImageDataset(Dataset):
         self.pairs = list(pairs)
         self.transform = train_transform(crop_size, augment)
         self.decoded = decoded if decoded is not None else {}
-        self.synthesis = synthesis if synthesis is not None else REGIMES["camera"]
+        self.synthesis = synthesis if synthesis is not None else REGIMES[DataHparams.synthesis]
         self.synthesis_seed = synthesis_seed
 
     def __len__(self) -> int:
@@ -283,111 +286,49 @@ def _flatten(pairs: dict[str, list[ImagePair]], stage: str) -> list[ImagePair]:
 
 
 class LowLightDataModule(L.LightningDataModule):
-    """Train/valid/bench/infer splits of paired low-light images, validated in :meth:`setup`.
+    """The train and valid splits of ``data`` (:class:`~utils.hparams.DataHparams`, checked there),
+    validated in :meth:`setup`.
 
-    Stages: ``fit`` validates train and valid (a missing valid split is an error: training always
-    runs validation), ``validate`` the valid split, ``test`` the bench split (sub-datasets with only
-    ``low/`` allowed: no-reference metrics only), ``predict`` the infer split (``high/`` optional).
-    After setup, ``train_pairs``, ``valid_pairs``, ``bench_pairs`` and ``infer_pairs`` map each
-    sub-dataset name to its pairs, for code that reports per sub-dataset.
+    Stages: ``fit`` validates train and valid (training always validates: without a valid split,
+    ``valid_holdout`` photos of the training photo folders stand in), ``validate`` the valid split.
+    After setup, ``train_pairs`` and ``valid_pairs`` map each sub-dataset name to its pairs.
 
     Crops and flips of training samples are drawn from seeds that depend only on ``seed``, the
-    epoch and the sample (:class:`SeededSampler`), whatever the number of loader workers.
+    epoch and the sample (:class:`SeededSampler`), whatever the number of loader workers; a
+    validation photo is darkened from ``seed`` and its name. Held-out photos (``valid_holdout``) are
+    evenly spaced by sub-dataset and name, the same ones in every run.
 
-    Args:
-        train_data_path: train split folder, or several whose sub-datasets are joined (their names
-            must differ).
-        valid_data_path: valid split folder ("" for none: then ``valid_holdout`` photos validate).
-        bench_data_path: bench split folder.
-        infer_data_path: infer split folder.
-        image_size: side of the square training crop in pixels.
-        batch_size: training batch size (valid/bench/infer always use 1).
-        num_workers: loader worker processes (0 loads in the main process).
-        train_repeat: times the train list is repeated per epoch, for tiny datasets.
-        seed: seed of the training order, crops and flips.
-        synthesis: regime of :data:`data.synthesize.REGIMES` that darkens the photos of photo folders.
-        photo_repeat: times every photo of a photo folder is listed per epoch (``train_repeat`` is
-            the count for real pairs), which sets the ratio of the two in a mixed split.
-        valid_holdout: photos taken out of the training photo folders for validation (evenly spaced
-            by sub-dataset and name; the same ones in every run), beside ``valid_data_path``'s pairs.
-        cache_gb: keep the decoded training images in memory when they take at most this many GB
-            (0: decode from disk at every step). They are decoded once, in the main process, by
-            the split validation of the first ``setup("fit")`` (before the loader workers start),
-            and kept for later fits of this data module; forked workers share that memory (with
-            the ``spawn`` start method, as on macOS and Windows, every worker holds its own copy).
-            What they leave of it keeps the valid, bench or infer split that ``setup`` validated
-            last (:attr:`eval_decoded`), so its loader does not decode every file again.
+    Decoded images are kept in memory within ``data.cache_gb``: the training images by the split
+    validation of the first ``setup("fit")`` (in the main process, before the loader workers start,
+    which share that memory when forked; with the ``spawn`` start method, as on macOS and Windows,
+    every worker holds its own copy), and kept for later fits of this data module; within what they
+    leave, the valid split's (:attr:`eval_decoded`), so its loader does not decode every file again.
     """
 
-    def __init__(
-        self,
-        train_data_path: str | Sequence[str] = "data/1_train",
-        valid_data_path: str = "data/2_valid",
-        bench_data_path: str = "data/3_bench",
-        infer_data_path: str = "data/4_infer",
-        image_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 4,
-        train_repeat: int = 1,
-        seed: int = 42,
-        cache_gb: float = 4.0,
-        synthesis: str = "camera",
-        photo_repeat: int = 1,
-        valid_holdout: int = 0,
-    ) -> None:
+    def __init__(self, data: DataHparams, seed: int) -> None:
         super().__init__()
-        for name, value, low in (
-            ("image_size", image_size, 1),
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("train_repeat", train_repeat, 1),
-            ("photo_repeat", photo_repeat, 1),
-            ("valid_holdout", valid_holdout, 0),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not cache_gb >= 0:
-            raise ValueError(f"cache_gb must be >= 0, got {cache_gb!r}")
-        if synthesis not in REGIMES:
-            raise ValueError(f"synthesis must be one of {', '.join(REGIMES)}, got {synthesis!r}")
-        if not valid_data_path and not valid_holdout:
-            raise ValueError("no validation data: give valid_data_path or valid_holdout > 0")
-        paths = [train_data_path] if isinstance(train_data_path, (str, Path)) else list(train_data_path)
-        self.train_data_paths = [str(p) for p in paths]
-        self.train_data_path = ", ".join(self.train_data_paths)
-        self.valid_data_path = str(valid_data_path)
-        self.bench_data_path = str(bench_data_path)
-        self.infer_data_path = str(infer_data_path)
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.train_repeat = train_repeat
+        self.hp = DataHparams(**field_values(data, DataHparams))
+        """The data settings (a copy of ``data``'s :class:`~utils.hparams.DataHparams` fields)."""
+        paths = data.train_data_path
+        self.train_data_paths = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
         self.seed = seed
-        self.cache_gb = cache_gb
-        self.synthesis = synthesis
-        self.photo_repeat = photo_repeat
-        self.valid_holdout = valid_holdout
         self.decoded: DecodedImages | None = None
         """Decoded training images by path, kept by the first ``setup("fit")`` (or, if none ran,
         the first :meth:`train_dataloader`)."""
         self.eval_decoded = DecodedImages(0)
-        """Decoded images of the evaluation split (valid, bench or infer) that ``setup`` validated
-        last, within what :attr:`decoded` leaves of ``cache_gb``; the loaders of other splits miss
-        it and decode from disk."""
+        """Decoded images of the valid split, within what :attr:`decoded` leaves of ``cache_gb``."""
         self.resume_epoch = 0
         """Epoch the first training epoch of this fit has (set when resuming from a checkpoint)."""
         self.resume_batches = 0
         """Batches of that epoch already trained (resuming from a checkpoint saved inside it)."""
         self.train_pairs: dict[str, list[ImagePair]] = {}
         self.valid_pairs: dict[str, list[ImagePair]] = {}
-        self.bench_pairs: dict[str, list[ImagePair]] = {}
-        self.infer_pairs: dict[str, list[ImagePair]] = {}
 
     def setup(self, stage: str) -> None:
         """Validate (fully decode) the splits this stage needs; raises DataError before any step."""
         if stage == "fit":
             # The split is decoded to be validated anyway: keep it then, unless an earlier fit did.
-            keep = DecodedImages(self.cache_gb) if self.decoded is None else None
+            keep = DecodedImages(self.hp.cache_gb) if self.decoded is None else None
             self.train_pairs = self._validate_train(keep)
             if keep is not None:
                 log_kept(keep)
@@ -396,17 +337,11 @@ class LowLightDataModule(L.LightningDataModule):
             self.valid_pairs = self._validate_valid() | held_out
         elif stage == "validate":
             self.valid_pairs = self._validate_valid()
-            if self.valid_holdout:
+            if self.hp.valid_holdout:
                 self.train_pairs = self._validate_train(None)
                 self.valid_pairs |= self._hold_out()
-        elif stage == "test":
-            self.bench_pairs = self._validate_eval("bench", self.bench_data_path, require_high=False)
-        elif stage == "predict":
-            self.infer_pairs = self._validate_eval(
-                "inference", self.infer_data_path, require_high=False, use_high=False
-            )
         else:
-            raise ValueError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
+            raise ValueError(f"unknown stage {stage!r}; expected fit or validate")
 
     def _validate_train(self, keep: DecodedImages | None) -> dict[str, list[ImagePair]]:
         """Every training split folder validated (photo folders allowed), their sub-datasets joined;
@@ -416,7 +351,7 @@ class LowLightDataModule(L.LightningDataModule):
         for path in self.train_data_paths:
             try:
                 found = validate_split(
-                    path, require_high=True, min_size=self.image_size, keep=keep, photos=True
+                    path, require_high=True, min_size=self.hp.image_size, keep=keep, photos=True
                 )
             except DataError as error:
                 problems.append(str(error))
@@ -433,17 +368,18 @@ class LowLightDataModule(L.LightningDataModule):
     def _hold_out(self) -> dict[str, list[ImagePair]]:
         """Take ``valid_holdout`` photos (evenly spaced over the training photos in sub-dataset then
         name order) out of :attr:`train_pairs`; returns them by sub-dataset, as validation pairs."""
-        if not self.valid_holdout:
+        count = self.hp.valid_holdout
+        if not count:
             return {}
         photos = [
             pair for name in sorted(self.train_pairs) for pair in self.train_pairs[name] if pair.synthetic
         ]
-        if len(photos) <= self.valid_holdout:
+        if len(photos) <= count:
             raise DataError(
-                f"valid_holdout={self.valid_holdout} but the training split ({self.train_data_path}) has "
+                f"valid_holdout={count} but the training split ({', '.join(self.train_data_paths)}) has "
                 f"{len(photos)} photos in photo folders; at least one must stay for training"
             )
-        picks = {photos[i] for i in np.linspace(0, len(photos) - 1, self.valid_holdout).round().astype(int)}
+        picks = {photos[i] for i in np.linspace(0, len(photos) - 1, count).round().astype(int)}
         held: dict[str, list[ImagePair]] = {}
         for name in list(self.train_pairs):
             held_here = [p for p in self.train_pairs[name] if p in picks]
@@ -454,51 +390,41 @@ class LowLightDataModule(L.LightningDataModule):
         return held
 
     def _validate_valid(self) -> dict[str, list[ImagePair]]:
-        if not self.valid_data_path:
-            return {}
-        return self._validate_eval("validation", self.valid_data_path, require_high=True, photos=True)
-
-    def _validate_eval(self, what: str, split_dir: str, **kwargs: Any) -> dict[str, list[ImagePair]]:
-        """:func:`validate_split` of a valid, bench or infer split, keeping its decoded images in
-        :attr:`eval_decoded` within what the kept training images leave of ``cache_gb``, so its
-        loader does not decode every file a second time. The previous split's are released first."""
+        """:func:`validate_split` of the valid split (photo folders allowed), keeping its decoded
+        images in :attr:`eval_decoded` within what the kept training images leave of ``cache_gb``,
+        so its loader does not decode every file a second time."""
         self.eval_decoded = DecodedImages(0)
+        if not self.hp.valid_data_path:
+            return {}
         kept_training = sum(array.nbytes for array in (self.decoded or {}).values())
-        keep = DecodedImages(max(0.0, self.cache_gb - kept_training / 1e9))
-        pairs = validate_split(split_dir, keep=keep, **kwargs)
-        log_kept(keep, what)
+        keep = DecodedImages(max(0.0, self.hp.cache_gb - kept_training / 1e9))
+        pairs = validate_split(self.hp.valid_data_path, require_high=True, keep=keep, photos=True)
+        log_kept(keep, "validation")
         self.eval_decoded = keep
         return pairs
 
-    def _loader(
-        self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None) -> DataLoader:
+        workers = self.hp.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
+        hp = self.hp
         pairs = _flatten(self.train_pairs, "fit")
         if self.decoded is None:
-            self.decoded = decode_in_memory(
-                [p for pair in pairs for p in (pair.low, pair.high)], self.cache_gb
-            )
+            self.decoded = decode_in_memory([p for pair in pairs for p in (pair.low, pair.high)], hp.cache_gb)
+        real = [pair for pair in pairs if not pair.synthetic]
         photos = [pair for pair in pairs if pair.synthetic]
-        if photos:  # real pairs train_repeat times, photos photo_repeat times
-            pairs = [
-                pair for pair in pairs if not pair.synthetic
-            ] * self.train_repeat + photos * self.photo_repeat
-        else:
-            pairs = pairs * self.train_repeat
+        pairs = real * hp.train_repeat + photos * hp.photo_repeat if photos else pairs * hp.train_repeat
         dataset = PairedImageDataset(
-            pairs, self.image_size, augment=True, decoded=self.decoded, synthesis=REGIMES[self.synthesis]
+            pairs, hp.image_size, augment=True, decoded=self.decoded, synthesis=REGIMES[hp.synthesis]
         )
         trainer = self.trainer
         ranks = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -507,17 +433,17 @@ class LowLightDataModule(L.LightningDataModule):
         # resumed from an end-of-epoch checkpoint happens before Lightning's set_epoch for the next
         # epoch (and before Lightning restores its epoch counter): start from the resumed epoch.
         sampler.set_epoch(self.resume_epoch)
-        sampler.skip(self.resume_epoch, self.resume_batches * self.batch_size)
-        return self._loader(dataset, self.batch_size, False, sampler=sampler)
+        sampler.skip(self.resume_epoch, self.resume_batches * hp.batch_size)
+        return self._loader(dataset, hp.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         dataset = PairedImageDataset(
             _flatten(self.valid_pairs, "validate"),
             decoded=self.eval_decoded | (self.decoded or {}),  # held-out photos were decoded as training
-            synthesis=REGIMES[self.synthesis],
+            synthesis=REGIMES[self.hp.synthesis],
             synthesis_seed=self.seed,
         )
-        return self._loader(dataset, 1, False, sampler=self._unrepeated_sampler(dataset))
+        return self._loader(dataset, 1, self._unrepeated_sampler(dataset))
 
     def _unrepeated_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
         """With several processes: every image on exactly one rank (shards differ by at most one
@@ -527,17 +453,9 @@ class LowLightDataModule(L.LightningDataModule):
             return None
         if len(dataset) < trainer.world_size:
             raise DataError(
-                f"{self.valid_data_path}: {len(dataset)} validation pair(s) for {trainer.world_size} "
+                f"{self.hp.valid_data_path}: {len(dataset)} validation pair(s) for {trainer.world_size} "
                 "processes; each process needs at least one (use fewer devices or more validation pairs)"
             )
         return UnrepeatedDistributedSampler(
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
-
-    def test_dataloader(self) -> DataLoader:
-        dataset = PairedImageDataset(_flatten(self.bench_pairs, "test"), decoded=self.eval_decoded)
-        return self._loader(dataset, 1, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        dataset = PairedImageDataset(_flatten(self.infer_pairs, "predict"), decoded=self.eval_decoded)
-        return self._loader(dataset, 1, False)

@@ -585,10 +585,9 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 PNG_COMPRESS_LEVEL = 1
 """zlib level of every PNG this project writes (enhanced images, bench strips, synthesized pairs).
-PNG is lossless at every level. On the 2-core CPU sandbox level 1 encodes a 1920x1080 photo 2-6x
-faster than Pillow's default level 6 (0.17-0.36 s against 0.70-1.08 s; ``tools.speed_report``'s
-file I/O row) for files 6-22 % larger. At level 6, writing one output took 0.7-1.1 s where a GPU
-enhances the image in 32 ms."""
+PNG is lossless at every level; level 1 encodes several times faster than Pillow's default 6 for
+somewhat larger files, so writing an output no longer takes many times the GPU's forward pass
+(docs/measurements.md, "Data loading and file I/O")."""
 
 
 def save_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data.utils import DecodedImages, ImagePair, load_image, save_png_atomic, to_unit_float, validate_split
 from engine.enhance import Enhance, enhance_one, is_per_image_failure, to_uint8
-from utils.hparams import TileHparams
+from utils.hparams import CacheHparams, TileHparams
 from utils.metrics import PROTOCOL, PROTOCOL_SUMMARY, BenchScorer
 from utils.utils import atomic_write_text, log, sha256_of
 
@@ -49,7 +49,7 @@ class BenchSettings:
     """How large images are split."""
     save_images: bool = False
     """Write a low | enhanced | high strip per image under ``<out_dir>/images``."""
-    cache_gb: float = 4.0
+    cache_gb: float = CacheHparams.cache_gb
     """Keep the arrays the start-up check decodes when the split takes at most this many GB."""
 
 

@@ -33,7 +33,7 @@ from engine.callbacks import (
     RngState,
 )
 from engine.enhance import Enhance
-from utils.hparams import check_compile_mode, first_device_index
+from utils.hparams import RuntimeHparams, TrainLoopHparams, check_compile_mode, first_device_index
 from utils.utils import log
 
 
@@ -43,6 +43,9 @@ class EngineError(RuntimeError):
 
 class LightningEngine:
     """Builds Trainers, runs the train / valid stages, and wraps a module for bench/infer.
+
+    Every default is the flag's (:class:`~utils.hparams.RuntimeHparams`, ``deterministic`` of
+    :class:`~utils.hparams.TrainLoopHparams`).
 
     Args:
         accelerator, devices, num_nodes, strategy, precision: passed to ``lightning.Trainer``.
@@ -54,15 +57,15 @@ class LightningEngine:
 
     def __init__(
         self,
-        accelerator: str = "auto",
-        devices: str | int | list[int] = "auto",
-        num_nodes: int = 1,
-        strategy: str = "auto",
-        precision: str = "32-true",
-        seed: int = 42,
-        deterministic: bool = False,
-        compile: bool = False,
-        compile_mode: str = "default",
+        accelerator: str = RuntimeHparams.accelerator,
+        devices: str | int | list[int] = RuntimeHparams.devices,
+        num_nodes: int = RuntimeHparams.num_nodes,
+        strategy: str = RuntimeHparams.strategy,
+        precision: str = RuntimeHparams.precision,
+        seed: int = RuntimeHparams.seed,
+        deterministic: bool = TrainLoopHparams.deterministic,
+        compile: bool = RuntimeHparams.compile,
+        compile_mode: str = RuntimeHparams.compile_mode,
     ) -> None:
         self.accelerator = accelerator
         self.devices = devices

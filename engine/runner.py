@@ -14,7 +14,6 @@ or an error), whichever holds more steps. A checkpoint that cannot be read or do
 is an error naming it and the other checkpoints of its folder, never a silent fresh start.
 """
 
-import inspect
 import json
 import shlex
 import warnings
@@ -37,7 +36,7 @@ from model.model import (
     check_compatible,
     read_checkpoint,
 )
-from utils.hparams import DataHparams, ModelHparams, OptimHparams, TileHparams
+from utils.hparams import TileHparams
 from utils.utils import atomic_write_text, log
 
 SESSIONS = ("frozen", "trainable")
@@ -66,29 +65,10 @@ class TrainingInterrupted(RuntimeError):
         self.exit_code = exit_code
 
 
-def build_datamodule(hp: DataHparams, seed: int) -> LowLightDataModule:
-    return LowLightDataModule(
-        train_data_path=hp.train_data_path,
-        valid_data_path=hp.valid_data_path,
-        image_size=hp.image_size,
-        batch_size=hp.batch_size,
-        num_workers=hp.num_workers,
-        train_repeat=hp.train_repeat,
-        seed=seed,
-        cache_gb=hp.cache_gb,
-        synthesis=hp.synthesis,
-        photo_repeat=hp.photo_repeat,
-        valid_holdout=hp.valid_holdout,
-    )
-
-
-def build_module(hp: ModelHparams | OptimHparams, session: str) -> LowLightEnhancerLightning:
-    """The LightningModule of one session: every constructor argument ``hp`` has, the separation
-    trainable in the ``trainable`` session."""
-    names = inspect.signature(LowLightEnhancerLightning).parameters
-    args = {name: getattr(hp, name) for name in names if hasattr(hp, name)}
-    args["betas"] = list(hp.betas)  # a list, so the checkpoint's hparams.yaml stays plain YAML
-    return LowLightEnhancerLightning(**args, trainable_separation=session == "trainable")
+def build_module(hp, session: str) -> LowLightEnhancerLightning:
+    """The LightningModule of one session of ``hp`` (a ``TrainHparams``: every group it needs), the
+    separation trainable in the ``trainable`` session."""
+    return LowLightEnhancerLightning(model=hp, optim=hp, loop=hp, trainable_separation=session == "trainable")
 
 
 def run_training(hp) -> tuple[Path, list[SessionResult]]:
@@ -154,7 +134,7 @@ def run_training(hp) -> tuple[Path, list[SessionResult]]:
             trainer = engine.fit_trainer(session_dir, purge_step=checkpoint["global_step"], **loop)
         else:
             explicit = _initialise(module, session, session_dir, explicit, results)
-        datamodule = build_datamodule(hp, hp.seed)
+        datamodule = LowLightDataModule(hp, hp.seed)
         if ckpt_path is not None:  # where Lightning continues: the epoch, and the batches it had trained
             loops = checkpoint["loops"]["fit_loop"]
             epochs = loops["epoch_progress"]["current"]

@@ -11,10 +11,11 @@ in the message) before the optimizer step, so no bad weights are ever saved; wit
 logged as ``train/skipped_nonfinite``).
 """
 
-import inspect
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -27,7 +28,14 @@ from torchvision.utils import make_grid
 
 from model.blocks.enhancer import Enhancer
 from model.loss import MaeMseLoss
-from utils.hparams import LEGACY_DEFAULTS
+from utils.hparams import (
+    LEGACY_DEFAULTS,
+    ModelHparams,
+    OptimHparams,
+    TrainLoopHparams,
+    field_names,
+    field_values,
+)
 from utils.metrics import psnr, quantize_8bit, ssim
 from utils.utils import sha256_of
 
@@ -52,8 +60,39 @@ ARCHITECTURE = (
 """Hyper-parameters that define the network (its weights' layout, or what it computes with them, like the
 input standardisation): a checkpoint only fits a model with the same values."""
 
-ENHANCER_ARGS = tuple(inspect.signature(Enhancer).parameters)
-"""The hyper-parameters that configure the :class:`Enhancer` (channels ... standardize_inputs)."""
+LOOP_FIELDS = ("num_log_images", "skip_nonfinite")
+"""The :class:`~utils.hparams.TrainLoopHparams` fields the module itself uses (and keeps in checkpoints)."""
+
+
+def checkpoint_hparams(
+    model: ModelHparams, optim: OptimHparams, loop: TrainLoopHparams, trainable_separation: bool
+) -> dict[str, Any]:
+    """What a checkpoint's ``hyper_parameters`` hold: the groups' plain values, flat (``betas`` as a
+    list, so ``hparams.yaml`` stays plain YAML). A group may be a script's composite of several."""
+    return {
+        **field_values(model, ModelHparams),
+        "trainable_separation": trainable_separation,
+        **field_values(optim, OptimHparams),
+        "betas": list(optim.betas),
+        **{name: getattr(loop, name) for name in LOOP_FIELDS},
+    }
+
+
+def hparam_groups(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of :class:`LowLightEnhancerLightning` that flat ``values`` (a
+    checkpoint's ``hyper_parameters``) describe: the inverse of :func:`checkpoint_hparams`. A key
+    it leaves out keeps its group's default, or its :data:`~utils.hparams.LEGACY_DEFAULTS` value (an
+    option the checkpoint predates); a key no group knows is a TypeError."""
+    values = {**LEGACY_DEFAULTS, **values}
+    groups = {"model": ModelHparams, "optim": OptimHparams, "loop": TrainLoopHparams}
+    names = {"model": field_names(ModelHparams), "optim": field_names(OptimHparams), "loop": LOOP_FIELDS}
+    unknown = sorted(set(values).difference(["trainable_separation"], *names.values()))
+    if unknown:
+        raise TypeError(f"unknown hyper-parameters {unknown}")
+    args = {key: group(**{k: values[k] for k in names[key] if k in values}) for key, group in groups.items()}
+    if "trainable_separation" in values:
+        args["trainable_separation"] = values["trainable_separation"]
+    return args
 
 
 class NonFiniteError(RuntimeError):
@@ -61,38 +100,22 @@ class NonFiniteError(RuntimeError):
 
 
 class LowLightEnhancerLightning(L.LightningModule):
-    """IllRecNet for Lightning. Every argument is a plain value saved in the checkpoint, so
-    ``load_from_checkpoint(path)`` rebuilds the exact architecture with no other input."""
+    """IllRecNet for Lightning, built from the typed groups (each ``None``: that group's defaults)
+    and the session's ``trainable_separation``. Its ``hparams``, which checkpoints keep, are their
+    plain values, flat (:func:`checkpoint_hparams`), so :meth:`from_hparams` (what
+    :func:`load_checkpoint` uses) rebuilds the exact architecture from a checkpoint alone."""
 
     def __init__(
         self,
-        channels: int = 3,
-        kernel_size: int = 15,
-        sigma: float = 3.0,
+        model: ModelHparams | None = None,
+        optim: OptimHparams | None = None,
+        loop: TrainLoopHparams | None = None,
         trainable_separation: bool = False,
-        embed_dim: int = 44,
-        num_heads: int = 2,
-        mlp_ratio: float = 2.0,
-        num_resolution: int = 3,
-        dropout_ratio: float = 0.0,
-        sqrt_input: bool = True,
-        standardize_inputs: bool = False,
-        full_res_dim: int = 0,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-4,
-        warmup_ratio: float = 0.02,
-        min_lr_ratio: float = 0.01,
-        mae_weight: float = 1.0,
-        mse_weight: float = 1.0,
-        num_log_images: int = 4,
-        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = self._build_enhancer()
-        self.loss = MaeMseLoss(mae_weight, mse_weight)
+        groups = (model or ModelHparams(), optim or OptimHparams(), loop or TrainLoopHparams())
+        self.save_hyperparameters(checkpoint_hparams(*groups, trainable_separation))
+        self._build()
         # Per-image means accumulated as (sum, count) and summed across ranks at the epoch end, so
         # DDP shards of unequal size still give the exact mean over the split.
         self.valid_means = nn.ModuleDict({key: MeanMetric(nan_strategy="disable") for key in VALID_KEYS})
@@ -106,9 +129,17 @@ class LowLightEnhancerLightning(L.LightningModule):
         self.skipped_nonfinite = 0
         """Steps skipped by ``skip_nonfinite`` (saved in checkpoints, logged as train/skipped_nonfinite)."""
 
-    def _build_enhancer(self) -> Enhancer:
-        """The :class:`Enhancer` these hyper-parameters describe."""
-        return Enhancer(**{name: self.hparams[name] for name in ENHANCER_ARGS})
+    @classmethod
+    def from_hparams(cls, values: Mapping[str, Any]) -> "LowLightEnhancerLightning":
+        """The module that flat hyper-parameters (a checkpoint's) describe; a TypeError names keys
+        it does not know."""
+        return cls(**hparam_groups(values))
+
+    def _build(self) -> None:
+        """The enhancer and the loss that :attr:`hparams` describe."""
+        hp = self.hparams
+        self.model = Enhancer(ModelHparams(**field_values(hp, ModelHparams)), hp.trainable_separation)
+        self.loss = MaeMseLoss(hp.mae_weight, hp.mse_weight)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> enhanced ``(B, 3, H, W)`` (not clamped)."""
@@ -182,15 +213,18 @@ class LowLightEnhancerLightning(L.LightningModule):
             for name, value in saved_state.items():
                 setattr(metric, name, value.to(getattr(metric, name).device))
             metric._update_count = int(float(metric.weight) > 0)  # counts as updated: compute() works
-        # A checkpoint older than an option of LEGACY_DEFAULTS, loaded through Lightning's own
-        # load_from_checkpoint (the scripts use load_checkpoint, which fills these in before building):
-        # this module was built with today's default, so rebuild the enhancer as the checkpoint's was.
-        saved = checkpoint.get("hyper_parameters", {})
-        legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in saved and self.hparams[k] != v}
-        if legacy:
-            self.hparams.update(legacy)
+        # Lightning's own load_from_checkpoint builds this module with the default groups (the flat
+        # keys it stores are not constructor arguments) and no Trainer: take the checkpoint's values
+        # and rebuild the enhancer as it was saved. Under a Trainer (a resume, the best checkpoint's
+        # validation) this module stays as built: the runner has checked that the checkpoint fits.
+        if self._trainer is not None:
+            return
+        saved = checkpoint_hparams(**hparam_groups(checkpoint.get("hyper_parameters", {})))
+        if saved != dict(self.hparams):
+            self.save_hyperparameters(saved)
             weight = next(self.model.parameters())
-            self.model = self._build_enhancer().to(device=weight.device, dtype=weight.dtype)
+            self._build()
+            self.model.to(device=weight.device, dtype=weight.dtype)
 
     def _log_train_losses(self, losses: dict[str, Tensor], batch_size: int) -> None:
         """Per step (``train/<i>_<key>_step``) and into the epoch means (:meth:`on_train_epoch_end`)."""
@@ -366,14 +400,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild the model from ``path`` alone (architecture from its saved hyper-parameters).
 
     Raises :class:`CheckpointError` naming the file: missing, unreadable/truncated, without
-    IllRecNet hyper-parameters, or with weights that do not match the saved architecture
-    (the missing and unexpected keys are listed).
+    IllRecNet hyper-parameters or with ones its groups do not accept, or with weights that do not
+    match the saved architecture (the missing and unexpected keys are listed).
     """
     checkpoint = read_checkpoint(path, map_location)
     try:
-        module = LowLightEnhancerLightning(**checkpoint["hyper_parameters"])
-    except TypeError as error:
-        raise CheckpointError(f"{path} holds hyper-parameters IllRecNet does not know: {error}") from error
+        module = LowLightEnhancerLightning.from_hparams(checkpoint["hyper_parameters"])
+    except (TypeError, ValueError) as error:  # keys no group knows, or values a group refuses
+        raise CheckpointError(f"{path} holds hyper-parameters IllRecNet does not accept: {error}") from error
     check_state_dict(module, checkpoint["state_dict"], path)
     module.load_state_dict(checkpoint["state_dict"])
     return module.to(map_location).eval()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from utils.hparams import DataHparams, ModelHparams
+
 os.environ.setdefault("ILLRECNET_IQA_DOWNLOAD", "0")
 torch.set_num_threads(2)
 
@@ -16,6 +18,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY_MODEL = {"embed_dim": 8, "num_heads": 1}
 """The smallest IllRecNet (8 channels, one attention head): it trains in seconds on a CPU."""
+
+
+def tiny_model(**fields) -> ModelHparams:
+    """:data:`TINY_MODEL` as the model group, with ``fields`` changed (``tiny_model(full_res_dim=8)``)."""
+    return ModelHparams(**(TINY_MODEL | fields))
+
+
+def keeps_shape(model: torch.nn.Module, *shape: int) -> bool:
+    """Whether ``model`` (in eval mode) maps a random image of ``shape`` to finite values of that shape."""
+    x = torch.rand(*shape)
+    with torch.no_grad():
+        y = model.eval()(x)
+    return y.shape == x.shape and bool(torch.isfinite(y).all())
+
+
+def data_module(seed: int = 0, **fields):
+    """A ``LowLightDataModule`` of ``DataHparams(**fields)``, loading in the test's own process
+    unless ``num_workers`` is given."""
+    from data.dataloader import LowLightDataModule
+
+    return LowLightDataModule(DataHparams(**({"num_workers": 0} | fields)), seed)
 
 
 def cli_flags(values: dict) -> list[str]:

@@ -20,6 +20,7 @@ from scipy import stats
 from data.utils import DataError
 from engine.compare import latex_escape, parse_methods
 from model.model import LowLightEnhancerLightning
+from tests.conftest import tiny_model
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 NAMES = (HOSTILE, 'a&b "c"', "plain")
@@ -42,7 +43,7 @@ def bench(tmp_path_factory) -> dict:
         Image.fromarray(high // 6).save(split / "low" / f"{name}.png")
         Image.fromarray(high).save(split / "high" / f"{name}.png")
     torch.manual_seed(0)
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1)
+    module = LowLightEnhancerLightning(tiny_model())
     ckpt = root / "tiny.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
     infer.main(

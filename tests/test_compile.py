@@ -11,6 +11,7 @@ from torch._dynamo.utils import counters
 from engine.engine import LightningEngine
 from model.blocks.enhancer import Enhancer
 from model.model import LowLightEnhancerLightning
+from tests.conftest import tiny_model
 from tools.speed_report import compile_for_training
 
 torch.set_num_threads(2)
@@ -19,10 +20,9 @@ torch.set_num_threads(2)
 def small_pair(trainable_separation: bool = False) -> tuple[Enhancer, Enhancer]:
     """The same small enhancer twice (same weights): one to compile, one eager reference."""
     torch.manual_seed(0)
-    kw = dict(embed_dim=8, num_heads=1, mlp_ratio=1.0, num_resolution=2)
-    kw["trainable_separation"] = trainable_separation
-    eager = Enhancer(**kw)
-    compiled = Enhancer(**kw)
+    hp = tiny_model(mlp_ratio=1.0, num_resolution=2)
+    eager = Enhancer(hp, trainable_separation)
+    compiled = Enhancer(hp, trainable_separation)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile()
     return compiled, eager
@@ -107,7 +107,7 @@ def test_compiled_inference_matches_eager_and_new_sizes_reuse_the_dynamic_graphs
 
 
 def test_engine_compiles_the_enhancer_in_place_and_checkpoints_keep_their_keys():
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1, num_resolution=1)
+    module = LowLightEnhancerLightning(tiny_model(num_resolution=1))
     keys = list(module.state_dict())
     engine = LightningEngine(accelerator="cpu", compile=True)
     assert engine.compiled(module) is module
@@ -117,7 +117,7 @@ def test_engine_compiles_the_enhancer_in_place_and_checkpoints_keep_their_keys()
     assert module.model._compiled_call_impl is compiled_call
     assert list(module.state_dict()) == keys
 
-    plain = LowLightEnhancerLightning(embed_dim=8, num_heads=1, num_resolution=1)
+    plain = LowLightEnhancerLightning(tiny_model(num_resolution=1))
     LightningEngine(accelerator="cpu").compiled(plain)
     assert getattr(plain.model, "_compiled_call_impl", None) is None
 
@@ -161,7 +161,7 @@ def test_engine_passes_the_compile_mode_to_torch_compile(monkeypatch, training):
     sizes for training and dynamo's automatic dynamic sizes otherwise."""
     calls = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1, num_resolution=1)
+    module = LowLightEnhancerLightning(tiny_model(num_resolution=1))
     engine = LightningEngine(accelerator="cpu", compile=True, compile_mode="reduce-overhead")
     engine.compiled(module, training)
     assert calls == [{"dynamic": False if training else None, "mode": "reduce-overhead"}]
@@ -170,8 +170,8 @@ def test_engine_passes_the_compile_mode_to_torch_compile(monkeypatch, training):
 @pytest.mark.slow
 def test_reduce_overhead_mode_runs_on_a_cpu_and_matches_eager():
     """On a CPU the CUDA graphs of reduce-overhead do not apply; the compiled enhancer still runs."""
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1, mlp_ratio=1.0, num_resolution=2)
-    eager = LowLightEnhancerLightning(embed_dim=8, num_heads=1, mlp_ratio=1.0, num_resolution=2)
+    module = LowLightEnhancerLightning(tiny_model(mlp_ratio=1.0, num_resolution=2))
+    eager = LowLightEnhancerLightning(tiny_model(mlp_ratio=1.0, num_resolution=2))
     eager.load_state_dict(module.state_dict())
     LightningEngine(accelerator="cpu", compile=True, compile_mode="reduce-overhead").compiled(module)
     module.eval(), eager.eval()

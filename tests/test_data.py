@@ -40,7 +40,7 @@ from data.utils import (
     scan_split,
     validate_split,
 )
-from tests.conftest import ROOT, run_python
+from tests.conftest import ROOT, data_module, run_python
 
 SAMPLE = ROOT / "sample"
 
@@ -218,8 +218,8 @@ def test_fault_07_infer_and_bench_accept_low_only(tmp_path: Path, caplog) -> Non
 
 def test_fault_08_missing_valid_split_is_an_error_in_fit(tmp_path: Path) -> None:
     make_pairs(tmp_path / "1_train")
-    dm = LowLightDataModule(
-        str(tmp_path / "1_train"), str(tmp_path / "2_valid"), image_size=16, num_workers=0
+    dm = data_module(
+        train_data_path=str(tmp_path / "1_train"), valid_data_path=str(tmp_path / "2_valid"), image_size=16
     )
     msg = raises_data_error(dm.setup, "fit")
     assert f"split folder not found: {tmp_path / '2_valid'}" in msg
@@ -315,7 +315,9 @@ def test_fault_12_pair_with_different_sizes(tmp_path: Path, split_name: str) -> 
     bad = root / split_name / "X"
     save(bad / "low" / "odd.png", rand_rgb(400, 600))
     save(bad / "high" / "odd.png", rand_rgb(400, 601))
-    dm = LowLightDataModule(str(root / "1_train"), str(root / "2_valid"), image_size=16, num_workers=0)
+    dm = data_module(
+        train_data_path=str(root / "1_train"), valid_data_path=str(root / "2_valid"), image_size=16
+    )
     for stage in ("fit", "validate") if split_name == "2_valid" else ("fit",):
         msg = raises_data_error(dm.setup, stage)
         assert "size mismatch" in msg and f"{bad.parent}/X" in msg
@@ -671,14 +673,11 @@ def _datamodule_tree(root: Path) -> LowLightDataModule:
     make_pairs(root / "1_train", sub="B", names=("d.png",), size=(30, 18))
     make_pairs(root / "2_valid", sub="A", names=("v1.png",), size=(20, 24))
     make_pairs(root / "2_valid", sub="B", names=("v2.png",), size=(17, 29))  # a different size
-    make_pairs(root / "3_bench", sub="Paired", names=("p.png",), size=(11, 13))
-    save(root / "3_bench" / "NoRef" / "low" / "n.png", rand_rgb(9, 7))
-    save(root / "4_infer" / "Real" / "low" / "z.png", rand_rgb(10, 12))
-    return LowLightDataModule(
-        *(str(root / s) for s in ("1_train", "2_valid", "3_bench", "4_infer")),
+    return data_module(
+        train_data_path=str(root / "1_train"),
+        valid_data_path=str(root / "2_valid"),
         image_size=16,
         batch_size=3,
-        num_workers=0,
         train_repeat=2,
     )
 
@@ -705,30 +704,18 @@ def test_datamodule_stages(tmp_path: Path) -> None:
     batch = next(iter(train))
     assert batch["low"].shape == batch["high"].shape == (3, 3, 16, 16) and batch["low"].dtype == torch.float32
     assert set(batch) == {"low", "high", "name", "dataset", "low_path"} and len(batch["name"]) == 3
-
-    dm.setup("test")
-    assert {k: [p.high is None for p in v] for k, v in dm.bench_pairs.items()} == {
-        "NoRef": [True],
-        "Paired": [False],
-    }
-    bench = list(dm.test_dataloader())
-    assert [b["dataset"][0] for b in bench] == ["NoRef", "Paired"]
-    assert "high" not in bench[0] and bench[1]["high"].shape == (1, 3, 11, 13)
-
-    dm.setup("predict")
-    (only,) = list(dm.predict_dataloader())
-    assert only["low"].shape == (1, 3, 10, 12) and only["name"] == ["z.png"] and "high" not in only
-    with pytest.raises(ValueError, match="unknown stage"):
-        dm.setup("bogus")
+    for stage in ("test", "predict"):  # bench.py and infer.py read their splits themselves
+        with pytest.raises(ValueError, match="unknown stage"):
+            dm.setup(stage)
 
 
 def test_datamodule_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        LowLightDataModule(batch_size=0)
+        data_module(batch_size=0)
     with pytest.raises(ValueError, match="train_repeat"):
-        LowLightDataModule(train_repeat=0)
+        data_module(train_repeat=0)
     with pytest.raises(ValueError, match="cache_gb"):
-        LowLightDataModule(cache_gb=-1)
+        data_module(cache_gb=-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -833,7 +820,7 @@ def test_datamodule_decodes_the_training_split_once_for_every_fit(
     assert calls == [] and torch.equal(first, second)
 
     uncached = _datamodule_tree(tmp_path)
-    uncached.cache_gb = 0
+    uncached.hp.cache_gb = 0
     uncached.setup("fit")
     assert torch.equal(torch.cat([batch["low"] for batch in uncached.train_dataloader()]), first)
     assert uncached.decoded == {}
@@ -849,8 +836,8 @@ def test_evaluation_splits_are_decoded_once_within_what_the_training_images_leav
     tmp_path: Path, caplog, monkeypatch
 ) -> None:
     """The valid split that setup("fit") decodes to validate it is what every epoch's validation
-    serves (bench and infer splits alike), within what the kept training images leave of cache_gb;
-    past that, or for another split, the loader decodes from disk and serves the same tensors."""
+    serves, within what the kept training images leave of cache_gb; past that, the loader decodes
+    from disk and serves the same tensors."""
     dm = _datamodule_tree(tmp_path)
     calls = _count_decodes(monkeypatch)
     with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
@@ -862,25 +849,18 @@ def test_evaluation_splits_are_decoded_once_within_what_the_training_images_leav
     served = [batch["high"] for _ in range(2) for batch in dm.val_dataloader()]  # two epochs
     assert calls == []
 
-    dm.setup("test")  # the valid split's arrays are released, the bench split's kept
-    assert set(dm.eval_decoded) == files(dm.bench_pairs)
-    calls.clear()
-    assert len(list(dm.test_dataloader())) == 2 and calls == []
-    calls.clear()
-    from_disk = [batch["high"] for batch in dm.val_dataloader()]
-    assert set(calls) == files(dm.valid_pairs)  # not kept any more: decoded from disk
-    assert all(torch.equal(a, b) for a, b in zip(from_disk, served[:2], strict=True))
-
     # The training images take all but 100 bytes of the cache: the valid split is not kept.
     tight = _datamodule_tree(tmp_path)
     train_bytes = sum(a.nbytes for a in dm.decoded.values())
-    tight.cache_gb = (train_bytes + 100) / 1e9
+    tight.hp.cache_gb = (train_bytes + 100) / 1e9
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="illrecnet.data.dataloader"):
         tight.setup("fit")
     assert set(tight.decoded) == set(dm.decoded) and tight.eval_decoded == {}
     assert "validation images not kept in memory" in caplog.text and "again by the loader" in caplog.text
+    calls.clear()
     refetched = [batch["high"] for batch in tight.val_dataloader()]
+    assert set(calls) == files(tight.valid_pairs)  # not kept: decoded from disk
     assert all(torch.equal(a, b) for a, b in zip(refetched, served[:2], strict=True))
 
 
@@ -933,7 +913,7 @@ def test_train_batches_depend_on_seed_and_epoch_not_on_workers(tmp_path: Path) -
     dm.setup("fit")
 
     def epochs(seed: int, workers: int, first: int, count: int) -> list[torch.Tensor]:
-        dm.seed, dm.num_workers = seed, workers
+        dm.seed, dm.hp.num_workers = seed, workers
         loader = dm.train_dataloader()
         assert loader.persistent_workers is (workers > 0)
         out = []

@@ -12,14 +12,14 @@ ort = pytest.importorskip("onnxruntime")
 from export import ExportError, ExportHparams, export_onnx  # noqa: E402
 from export import main as export_main  # noqa: E402
 from model.model import LowLightEnhancerLightning  # noqa: E402
-from tests.conftest import ROOT, run_python  # noqa: E402
+from tests.conftest import ROOT, run_python, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny-config checkpoint in Lightning's layout (what load_checkpoint reads)."""
     torch.manual_seed(0)
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1)
+    module = LowLightEnhancerLightning(tiny_model())
     with torch.no_grad():  # move every weight off its initial value, biases included
         for p in module.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -64,7 +64,7 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", broken)
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match="exporter exploded"):
-        export_onnx(LowLightEnhancerLightning(embed_dim=8, num_heads=1).model, out)
+        export_onnx(LowLightEnhancerLightning(tiny_model()).model, out)
     assert list(tmp_path.iterdir()) == []
 
 

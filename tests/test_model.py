@@ -13,22 +13,18 @@ from model.blocks.attention import ChannelAttention, TransformerBlock
 from model.blocks.enhancer import Enhancer
 from model.blocks.separation import Separation
 from model.model import LowLightEnhancerLightning
+from tests.conftest import keeps_shape, tiny_model
 
 torch.set_num_threads(2)
 
 
-def tiny_enhancer(**kw) -> Enhancer:
-    return Enhancer(embed_dim=8, num_heads=1, mlp_ratio=1.0, num_resolution=3, **kw)
+def tiny_enhancer(trainable_separation: bool = False, **fields) -> Enhancer:
+    return Enhancer(tiny_model(mlp_ratio=1.0, num_resolution=3, **fields), trainable_separation)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (37, 53), (401, 599)])
 def test_enhancer_keeps_odd_sizes_and_is_finite(size):
-    model = tiny_enhancer().eval()
-    x = torch.rand(1, 3, *size)
-    with torch.no_grad():
-        y = model(x)
-    assert y.shape == x.shape
-    assert torch.isfinite(y).all()
+    assert keeps_shape(tiny_enhancer(), 1, 3, *size)
 
 
 def test_default_model_shape_at_odd_size():
@@ -54,7 +50,7 @@ def test_every_trainable_parameter_gets_a_gradient(trainable):
 
 @pytest.mark.parametrize("size", [(1, 1), (5, 3), (64, 80)])
 def test_separation_reconstructs_its_input(size):
-    sep = Separation(kernel_size=15, sigma=3.0)
+    sep = Separation(3, kernel_size=15, sigma=3.0)
     x = torch.rand(2, 3, *size)
     illumination, reflectance = sep(x)
     assert illumination.shape == reflectance.shape == x.shape
@@ -65,7 +61,7 @@ def test_separation_reconstructs_its_input(size):
 def test_separation_illumination_is_smooth():
     torch.manual_seed(0)
     x = torch.rand(1, 3, 64, 64) * 0.5 + 0.25
-    illumination, reflectance = Separation(kernel_size=15, sigma=3.0)(x)
+    illumination, reflectance = Separation(3, kernel_size=15, sigma=3.0)(x)
     # The low-pass illumination varies far less between neighbours than the image does.
     tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
     assert tv(illumination) < 0.2 * tv(x)
@@ -73,7 +69,7 @@ def test_separation_illumination_is_smooth():
 
 def test_frozen_separation_stays_frozen_and_trainable_learns():
     for trainable in (False, True):
-        module = LowLightEnhancerLightning(embed_dim=8, num_heads=1, trainable_separation=trainable)
+        module = LowLightEnhancerLightning(tiny_model(), trainable_separation=trainable)
         sigma_before = module.model.separation.log_sigma.detach().clone()
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-2)
@@ -288,7 +284,7 @@ def test_a_fresh_model_starts_by_brightening():
     from model.blocks.enhancer import OUTPUT_BIAS_INIT
 
     torch.manual_seed(0)
-    model = Enhancer(embed_dim=8, num_heads=1).eval()
+    model = Enhancer(tiny_model()).eval()
     dark = torch.full((1, 3, 32, 32), 0.05)
     with torch.no_grad():
         lift = (model(dark) - dark).mean().item()
@@ -313,9 +309,7 @@ def test_sqrt_input_feeds_the_square_root_to_the_decoder():
 def test_checkpoint_from_before_sqrt_input_and_standardization_loads_as_it_was_trained(tmp_path):
     from model.model import CheckpointError, check_compatible, load_checkpoint, read_checkpoint
 
-    old = LowLightEnhancerLightning(
-        embed_dim=8, num_heads=1, sqrt_input=False, standardize_inputs=False
-    ).eval()
+    old = LowLightEnhancerLightning(tiny_model(sqrt_input=False, standardize_inputs=False)).eval()
     # written before both options
     hparams = {k: v for k, v in old.hparams.items() if k not in ("sqrt_input", "standardize_inputs")}
     path = tmp_path / "old.ckpt"
@@ -333,7 +327,7 @@ def test_checkpoint_from_before_sqrt_input_and_standardization_loads_as_it_was_t
         torch.testing.assert_close(direct(x), old(x))
     # Resuming it under today's default is refused with the reason, not a wall of shape errors only.
     with pytest.raises(CheckpointError, match="sqrt_input: checkpoint False vs this run True"):
-        check_compatible(LowLightEnhancerLightning(embed_dim=8, num_heads=1), read_checkpoint(path), path)
+        check_compatible(LowLightEnhancerLightning(tiny_model()), read_checkpoint(path), path)
 
 
 def test_patch_embed_standardizes_its_input_with_fixed_constants():
@@ -374,7 +368,7 @@ def test_standardized_inputs_have_unit_scale_on_dark_images_it_never_trained_on(
         ).float()
         / 255.0
     )  # (6, 3, 256, 256)
-    model = Enhancer(embed_dim=8, num_heads=1, standardize_inputs=True).eval()
+    model = Enhancer(tiny_model(standardize_inputs=True)).eval()
     embeds = {
         "decoder": model.decoder.embed,
         "illum": model.encoder.embed_illum,
@@ -403,7 +397,7 @@ def test_checkpoint_of_a_standardized_model_reloads_standardized(tmp_path):
     from model.model import load_checkpoint
 
     torch.manual_seed(0)
-    trained = LowLightEnhancerLightning(embed_dim=8, num_heads=1, standardize_inputs=True).eval()
+    trained = LowLightEnhancerLightning(tiny_model(standardize_inputs=True)).eval()
     path = tmp_path / "standardized.ckpt"
     checkpoint = {"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}
     torch.save({**checkpoint, "pytorch-lightning_version": L.__version__}, path)
@@ -412,7 +406,7 @@ def test_checkpoint_of_a_standardized_model_reloads_standardized(tmp_path):
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), trained(x))
-        plain = LowLightEnhancerLightning(embed_dim=8, num_heads=1).eval()
+        plain = LowLightEnhancerLightning(tiny_model()).eval()
         plain.load_state_dict(trained.state_dict())  # the same weights without the standardisation
         assert not torch.allclose(plain(x), trained(x), atol=1e-3)
 
@@ -426,8 +420,8 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
     from utils.hparams import TileHparams
 
     torch.manual_seed(0)
-    full = LowLightEnhancerLightning(embed_dim=8, num_heads=1, full_res_dim=8).eval()
-    plain = LowLightEnhancerLightning(embed_dim=8, num_heads=1).eval()
+    full = LowLightEnhancerLightning(tiny_model(full_res_dim=8)).eval()
+    plain = LowLightEnhancerLightning(tiny_model()).eval()
     assert {k for k in full.state_dict() if "full_" in k} and not {
         k for k in plain.state_dict() if "full_" in k
     }

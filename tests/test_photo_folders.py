@@ -11,10 +11,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from data.dataloader import LowLightDataModule, PairedImageDataset
+from data.dataloader import PairedImageDataset
 from data.synthesize import REGIMES
 from data.utils import DataError, validate_split
-from tests.conftest import ROOT, TINY_MODEL, cli_flags, run_python
+from tests.conftest import ROOT, TINY_MODEL, cli_flags, data_module, run_python
 
 
 def write_photos(folder: Path, names=("astronaut", "chelsea", "coffee"), step: int = 6) -> list[Path]:
@@ -70,12 +70,11 @@ def test_training_samples_follow_their_seed_and_validation_photos_are_fixed(tmp_
 def test_photo_folders_mix_with_real_pairs_and_lend_photos_to_validation(tmp_path) -> None:
     write_photos(tmp_path / "photos" / "Photos", names=("astronaut", "chelsea", "coffee", "rocket"))
     write_pairs(tmp_path / "lol" / "LOL")
-    dm = LowLightDataModule(
+    dm = data_module(
         train_data_path=[str(tmp_path / "photos"), str(tmp_path / "lol")],
         valid_data_path="",
         image_size=16,
         batch_size=2,
-        num_workers=0,
         train_repeat=3,
         photo_repeat=2,
         valid_holdout=2,
@@ -89,8 +88,8 @@ def test_photo_folders_mix_with_real_pairs_and_lend_photos_to_validation(tmp_pat
     assert names.count("0.png") == 3 and names.count("chelsea.png") == 2 and len(names) == 3 * 2 + 2 * 2
     assert next(iter(dm.val_dataloader()))["low"].shape[-2:] == (86, 86)  # the whole photo (512 / 6)
     with pytest.raises(ValueError, match="valid_data_path or valid_holdout"):
-        LowLightDataModule(valid_data_path="", valid_holdout=0)
-    twice = LowLightDataModule(
+        data_module(valid_data_path="", valid_holdout=0)
+    twice = data_module(
         train_data_path=[str(tmp_path / "photos"), str(tmp_path / "photos")],
         valid_data_path="",
         valid_holdout=1,

@@ -20,9 +20,22 @@ from engine.enhance import Enhance
 from tests.conftest import ROOT, TINY_MODEL, cli_flags, run_python
 
 SAMPLE = ROOT / "sample"
-TINY = cli_flags(TINY_MODEL | {"accelerator": "cpu", "devices": 1, "num_workers": 0})
 
 pytestmark = pytest.mark.slow
+
+
+def sample_run(log_dir: Path, experiment: str, **flags) -> list[str]:
+    """train.py's arguments for a short run on the shipped sample: configs/sample.yaml and the tiny
+    model on the CPU, 32 px crops, every training pair once an epoch, logged under
+    ``log_dir/experiment``; ``flags`` add to those or change them."""
+    cpu = {"accelerator": "cpu", "devices": 1, "num_workers": 0, "image_size": 32, "train_repeat": 1}
+    values = TINY_MODEL | cpu | {"log_dir": log_dir, "experiment_name": experiment}
+    return ["--config", str(ROOT / "configs" / "sample.yaml"), *cli_flags(values | flags)]
+
+
+def no_closing(tmp_path: Path) -> dict:
+    """No closing bench or inference: their splits do not exist."""
+    return {"bench_data_path": tmp_path / "none", "infer_data_path": tmp_path / "none"}
 
 
 def run(script: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -38,26 +51,8 @@ def run(script: str, *args: str, env: dict | None = None, check: bool = True) ->
 def trained(tmp_path_factory) -> dict:
     """One train.py run with both sessions, its closing bench and inference."""
     log_dir = tmp_path_factory.mktemp("runs")
-    proc = run(
-        "train.py",
-        "--config",
-        str(ROOT / "configs" / "sample.yaml"),
-        *TINY,
-        "--image_size",
-        "32",
-        "--batch_size",
-        "4",
-        "--train_repeat",
-        "1",
-        "--max_epochs",
-        "2",
-        "--log_dir",
-        str(log_dir),
-        "--experiment_name",
-        "e2e",
-        "--bench_metrics",
-        "[PSNR, SSIM]",
-    )
+    flags = sample_run(log_dir, "e2e", batch_size=4, max_epochs=2, bench_metrics="[PSNR, SSIM]")
+    proc = run("train.py", *flags)
     run_dir = log_dir / "e2e" / "version_0"
     return {"proc": proc, "run_dir": run_dir, "log_dir": log_dir}
 
@@ -125,28 +120,7 @@ def test_train_closes_with_bench_table_and_inference(trained):
 
 def test_second_run_with_same_name_gets_its_own_folder(trained, tmp_path):
     log_dir = trained["log_dir"]
-    run(
-        "train.py",
-        "--config",
-        str(ROOT / "configs" / "sample.yaml"),
-        *TINY,
-        "--image_size",
-        "32",
-        "--train_repeat",
-        "1",
-        "--max_epochs",
-        "1",
-        "--session",
-        "frozen",
-        "--log_dir",
-        str(log_dir),
-        "--experiment_name",
-        "e2e",
-        "--bench_data_path",
-        str(tmp_path / "none"),
-        "--infer_data_path",
-        str(tmp_path / "none"),
-    )
+    run("train.py", *sample_run(log_dir, "e2e", max_epochs=1, session="frozen", **no_closing(tmp_path)))
     assert (log_dir / "e2e" / "version_1" / "frozen" / "checkpoints" / "best.ckpt").is_file()
     assert not (log_dir / "e2e" / "version_1" / "trainable").exists()
     assert (trained["run_dir"] / "trainable" / "checkpoints" / "best.ckpt").is_file()
@@ -408,38 +382,8 @@ def test_self_ensemble_averages_the_eight_transforms():
 def test_ddp_two_cpu_processes_one_epoch(tmp_path):
     """train.py --accelerator cpu --devices 2 --strategy ddp (gloo): one run folder, rank-0 files only,
     and each rank sees half of the training pairs per epoch."""
-    run(
-        "train.py",
-        "--config",
-        str(ROOT / "configs" / "sample.yaml"),
-        *TINY[:4],
-        "--num_workers",
-        "0",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--image_size",
-        "32",
-        "--batch_size",
-        "4",
-        "--train_repeat",
-        "1",
-        "--max_epochs",
-        "1",
-        "--session",
-        "frozen",
-        "--log_dir",
-        str(tmp_path),
-        "--experiment_name",
-        "ddp",
-        "--bench_data_path",
-        str(tmp_path / "none"),
-        "--infer_data_path",
-        str(tmp_path / "none"),
-    )
+    ddp = {"devices": 2, "strategy": "ddp", "batch_size": 4, "max_epochs": 1, "session": "frozen"}
+    run("train.py", *sample_run(tmp_path, "ddp", **ddp, **no_closing(tmp_path)))
     assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["version_0"]
     result = json.loads((tmp_path / "ddp/version_0/frozen/result.json").read_text())
     pairs = len(list((SAMPLE / "1_train/SkimageSynth/low").iterdir()))
@@ -472,14 +416,10 @@ def test_infer_with_several_devices_runs_once_on_one(trained, tmp_path):
 
 def test_torchrun_two_cpu_processes_share_one_run_folder(tmp_path):
     """Under torchrun every process starts on its own: rank 0 picks the folder, the other finds it."""
-    proc = run_python(
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "sample.yaml"), *TINY[:4],
-        "--num_workers", "0", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-        "--image_size", "32", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
-        "--log_dir", str(tmp_path), "--experiment_name", "tr", "--bench_data_path", str(tmp_path / "none"),
-        "--infer_data_path", str(tmp_path / "none"), fresh=False,
-    )  # fmt: skip
+    ddp = {"devices": 2, "strategy": "ddp", "max_epochs": 1, "session": "frozen"}
+    flags = sample_run(tmp_path, "tr", **ddp, **no_closing(tmp_path))
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    proc = run_python(*torchrun, ROOT / "train.py", *flags, fresh=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [p.name for p in (tmp_path / "tr").iterdir() if not p.name.startswith(".")] == ["version_0"]
     assert proc.stdout.count("IllRecNet training finished") == 1
@@ -489,12 +429,8 @@ def test_torchrun_two_cpu_processes_share_one_run_folder(tmp_path):
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    run(
-        "train.py", "--config", str(ROOT / "configs" / "sample.yaml"), *TINY, "--precision", "bf16-mixed",
-        "--image_size", "32", "--train_repeat", "1", "--max_epochs", "1", "--session", "frozen",
-        "--log_dir", str(tmp_path), "--experiment_name", "bf16", "--bench_data_path", str(tmp_path / "none"),
-        "--infer_data_path", str(tmp_path / "none"),
-    )  # fmt: skip
+    bf16 = {"precision": "bf16-mixed", "max_epochs": 1, "session": "frozen"}
+    run("train.py", *sample_run(tmp_path, "bf16", **bf16, **no_closing(tmp_path)))
     result = json.loads((tmp_path / "bf16/version_0/frozen/result.json").read_text())
     assert np.isfinite(result["valid_psnr"]) and result["global_step"] == 3
     hparams = torch.load(tmp_path / "bf16/version_0/frozen/checkpoints/last.ckpt", weights_only=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, run_python
+from tests.conftest import ROOT, TINY_MODEL, keeps_shape, run_python
 from tools.compare_quality import CompareHparams, Side, pair_by_seed
 from tools.compare_quality import main as compare_main
 from tools.quality import (
@@ -42,12 +42,7 @@ def test_yardstick_has_about_1_93m_parameters():
 
 @pytest.mark.parametrize("size", [(1, 1), (37, 53), (64, 48)])
 def test_yardstick_keeps_odd_sizes(size):
-    model = YardstickUNet().eval()
-    x = torch.rand(2, 3, *size)
-    with torch.no_grad():
-        y = model(x)
-    assert y.shape == x.shape
-    assert torch.isfinite(y).all()
+    assert keeps_shape(YardstickUNet(), 2, 3, *size)
 
 
 def test_interleaved_timing_alternates_and_pairs_ratios():
@@ -162,8 +157,7 @@ TINY_QUALITY = dict(
     steps=3,
     image_size=32,
     holdout_max_side=48,
-    embed_dim=8,
-    num_heads=1,
+    **TINY_MODEL,
 )
 """A tools.quality recipe that trains in seconds."""
 

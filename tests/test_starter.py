@@ -13,14 +13,14 @@ from PIL import Image
 
 from model import model as model_module
 from model.model import CheckpointError, LowLightEnhancerLightning, resolve_checkpoint, save_weights
-from tests.conftest import ROOT, TINY_MODEL, run_python
+from tests.conftest import ROOT, run_python, tiny_model
 from utils.utils import sha256_of
 
 
 def lightning_checkpoint(path: Path, **fields) -> Path:
     """A full Lightning-style checkpoint of a randomly initialised tiny model (with training state)."""
     torch.manual_seed(0)
-    module = LowLightEnhancerLightning(**(TINY_MODEL | fields))
+    module = LowLightEnhancerLightning(tiny_model(**fields))
     checkpoint = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),

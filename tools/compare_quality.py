@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from tools import publish
 from tools.quality import gain_interval
-from utils.hparams import LEGACY_DEFAULTS, ModelHparams
+from utils.hparams import LEGACY_DEFAULTS, ModelHparams, field_names
 from utils.utils import parse_hparams
 
 RECIPE_FIELDS = (
@@ -115,7 +115,7 @@ class Side:
         if self.recipe is None:
             self.recipe, self.recipe_file = recipe, path
         else:
-            checked = RECIPE_FIELDS + (_model_fields() if self.model == "illrecnet" else ())
+            checked = RECIPE_FIELDS + (field_names(ModelHparams) if self.model == "illrecnet" else ())
             _same(self.recipe, self.recipe_file, recipe, path, checked)
         for seed, entry in entries.items():
             if seed in self.seeds:
@@ -139,10 +139,6 @@ def _label(key: str) -> tuple[str, int]:
     regime, _, score = key.rpartition("/")
     label, decimals = COMPARED[score]
     return (f"{label}, {regime}" if regime else label), decimals
-
-
-def _model_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(ModelHparams))
 
 
 def _same(first: dict, first_file: str, other: dict, other_file: str, names: tuple[str, ...]) -> None:
@@ -180,7 +176,7 @@ def pair_by_seed(baseline: Side, variant: Side) -> dict:
     if baseline.model == variant.model == "illrecnet":
         model_changes = {
             name: [baseline.recipe.get(name), variant.recipe.get(name)]
-            for name in _model_fields()
+            for name in field_names(ModelHparams)
             if baseline.recipe.get(name) != variant.recipe.get(name)
         }
     return {

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tools import check_device, publish
-from utils.hparams import ModelHparams, check_all_groups, field_values
+from utils.hparams import ModelHparams, check_all_groups
 from utils.utils import parse_hparams
 
 PSNR_MARGIN_DB = {"default": 3.8, "mild": 3.0, "lol": 3.0, "extreme": 3.5}
@@ -241,7 +241,7 @@ def build_model(name: str, hp: QualityHparams) -> nn.Module:
 
     if name == "yardstick":
         return YardstickUNet()
-    return Enhancer(**field_values(hp, ModelHparams))
+    return Enhancer(hp)  # a QualityHparams is a ModelHparams: the model flags
 
 
 def train(model: nn.Module, data: SyntheticPairs, steps: int, lr: float) -> dict:

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from tools import check_device, publish
-from utils.hparams import CompileMode, DataHparams, check_compile_mode
+from utils.hparams import CompileMode, DataHparams, ModelHparams, check_compile_mode, field_values
 from utils.utils import parse_hparams
 
 TARGETS = {
@@ -160,11 +160,12 @@ def _cpu_name() -> str:
 # ------------------------------------------------------------------------------------------ models
 def build_models(checkpoint_path: str | None) -> tuple[nn.Module, nn.Module, dict]:
     """IllRecNet's enhancer (from the checkpoint, else default config), the yardstick, the config."""
-    from model.model import ENHANCER_ARGS, LowLightEnhancerLightning, load_checkpoint
+    from model.model import LowLightEnhancerLightning, load_checkpoint
     from tools.yardstick import YardstickUNet
 
     module = load_checkpoint(checkpoint_path) if checkpoint_path else LowLightEnhancerLightning()
-    config = {k: v for k, v in module.hparams.items() if k in ENHANCER_ARGS}
+    hp = module.hparams
+    config = field_values(hp, ModelHparams) | {"trainable_separation": hp.trainable_separation}
     return module.model, YardstickUNet(), config
 
 

@@ -89,7 +89,7 @@ class ModelHparams:
     sigma: float = 3.0
     """Initial standard deviation of the separation Gaussian, in pixels."""
     embed_dim: int = 44
-    """Feature width at the first resolution; it doubles at every level (44: see README, quality)."""
+    """Feature width at the first resolution; it doubles at every level (why 44: docs/measurements.md)."""
     num_heads: int = 2
     """Attention heads at the first resolution; they double at every level."""
     mlp_ratio: float = 2.0
@@ -100,8 +100,8 @@ class ModelHparams:
     """Dropout after attention and feed-forward layers."""
     sqrt_input: bool = True
     """The decoder's patch embedding also sees the square root of the image, a brightened copy that
-    spreads the dark values (README, quality section: +0.5 dB GT-mean PSNR over five seeds).
-    Checkpoints from before this option load with it off."""
+    spreads the dark values (what it gains: docs/model.md). Checkpoints from before this option load
+    with it off."""
     standardize_inputs: bool = False
     """Every patch embedding sees its input standardised with fixed constants (``INPUT_STATS`` in
     ``model/blocks/enhancer.py``). The model fits the training pairs better and gains GT-mean PSNR,
@@ -315,9 +315,15 @@ class TileHparams:
         _check(self.max_pixels >= 256 * 256, f"--max_pixels must be >= 65536, got {self.max_pixels}")
 
 
+def field_names(group: type) -> tuple[str, ...]:
+    """The fields of dataclass ``group`` (those it inherits included), in declaration order."""
+    return tuple(f.name for f in fields(group))
+
+
 def field_values(obj: object, group: type) -> dict:
-    """The values of ``obj`` for the fields declared by dataclass ``group`` (plain values only)."""
-    return {f.name: getattr(obj, f.name) for f in fields(group)}
+    """The values of ``obj`` (a group, a script's composite of groups, or anything with those
+    attributes) for the fields of dataclass ``group``: how a group's values reach a constructor."""
+    return {name: getattr(obj, name) for name in field_names(group)}
 
 
 def check_all_groups(obj: object) -> None:

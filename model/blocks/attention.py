@@ -10,7 +10,7 @@ per-head temperature.
 The same block does self-attention (queries, keys and values from one map) and cross-attention
 (queries from the features, keys and values from a context map of the same size).
 
-Layout (measured with ``python -m tools.speed_report``, see the README): feature maps stay in
+Layout (measured with ``python -m tools.speed_report``: docs/speed.md): feature maps stay in
 channels-last memory format, so layer norm is one fused ``F.layer_norm`` pass over contiguous
 channels, depth-wise convolutions take their fast kernels, and attention works on the
 ``(B, H * W, C)`` pixel view with matrix products and no transposed copies.

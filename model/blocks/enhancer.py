@@ -5,12 +5,12 @@
    (reflectance asks illumination and the reverse), and fuses the two into one context map.
 3. :class:`Decoder` is a U-Net over the original image (its patch embedding also sees the image's
    square root unless ``sqrt_input`` is off: a brightened copy in which dark values are spread
-   out; measured with ``tools.quality``, +0.5 dB GT-mean PSNR for 0.5 % more parameters). At every
-   resolution of its expanding path (and at the bottleneck) it cross-attends to the context map
-   brought to that resolution; skip connections join the contracting and expanding paths. A
-   sub-pixel layer brings the last features to full resolution and a 3x3 convolution there
-   predicts a residual that is added to the input image (its bias starts at
-   ``OUTPUT_BIAS_INIT``, a brightening offset).
+   out). At every resolution of its expanding path (and at the bottleneck) it cross-attends to
+   the context map brought to that resolution; skip connections join the contracting and
+   expanding paths. A sub-pixel layer brings the last features to full resolution and a 3x3
+   convolution there predicts a residual that is added to the input image (its bias starts at
+   ``OUTPUT_BIAS_INIT``, a brightening offset). What each of these choices gains is in
+   docs/model.md and docs/measurements.md.
 
 With ``standardize_inputs`` every patch embedding (the decoder's and the encoder's two) first
 standardises its input with the fixed constants of ``INPUT_STATS``.
@@ -35,10 +35,11 @@ from torch import Tensor, nn
 from model.blocks.attention import TransformerBlock
 from model.blocks.sampling import Downsample, PatchEmbed, PatchUnembed, Upsample, crop_to, pad_to_multiple
 from model.blocks.separation import Separation
+from utils.hparams import ModelHparams
 
 HEAD_CHANNELS = 16
-"""Width of the full-resolution output head; measured with ``tools.quality`` (README), it adds
-about 0.8 dB PSNR and 0.02 SSIM over a sub-pixel output layer for 2 % of the parameters."""
+"""Channels the head brings to full resolution for the output convolution (see :class:`Decoder`;
+what it gains over a sub-pixel output layer: docs/model.md, docs/measurements.md)."""
 
 INPUT_STATS = {
     "image": (0.101, 0.091),
@@ -54,9 +55,8 @@ on inputs of unit scale instead of values around 0.1 that their bias drowns."""
 
 OUTPUT_BIAS_INIT = 0.25
 """Initial bias of the last convolution: the network starts by brightening every pixel by 0.25
-(a low-light pair's mean residual is positive; 0.30 over the synthetic training pairs of
-``tools.quality``) instead of learning that offset from a zero-mean start. Over ten seeds of
-``tools.quality``: +0.35 dB PSNR (standard error 0.13, higher on 8 of 10) and +0.011 SSIM."""
+(a low-light pair's mean residual is positive) instead of learning that offset from a zero-mean
+start; docs/measurements.md ("Quality experiments") has the residuals and the gain over ten seeds."""
 
 
 def input_stats(inputs: list[str], channels: int, standardize: bool) -> dict:
@@ -78,28 +78,17 @@ def channels_last(x: Tensor) -> Tensor:
 class Encoder(nn.Module):
     """Illumination and reflectance maps ``(B, c, H, W)`` -> context map ``(B, D, H / 2, W / 2)``."""
 
-    def __init__(
-        self,
-        channels: int,
-        embed_dim: int,
-        num_heads: int,
-        mlp_ratio: float,
-        dropout_ratio: float,
-        standardize_inputs: bool,
-    ) -> None:
+    def __init__(self, hp: ModelHparams) -> None:
         super().__init__()
-        block = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout_ratio=dropout_ratio)
-        self.embed_illum = PatchEmbed(
-            channels, embed_dim, **input_stats(["illumination"], channels, standardize_inputs)
-        )
-        self.embed_refl = PatchEmbed(
-            channels, embed_dim, **input_stats(["reflectance"], channels, standardize_inputs)
-        )
+        c, dim = hp.channels, hp.embed_dim
+        block = dict(dim=dim, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
+        self.embed_illum = PatchEmbed(c, dim, **input_stats(["illumination"], c, hp.standardize_inputs))
+        self.embed_refl = PatchEmbed(c, dim, **input_stats(["reflectance"], c, hp.standardize_inputs))
         self.self_illum = TransformerBlock(**block)
         self.self_refl = TransformerBlock(**block)
         self.refl_to_illum = TransformerBlock(**block, cross=True)
         self.illum_to_refl = TransformerBlock(**block, cross=True)
-        self.fuse = nn.Conv2d(2 * embed_dim, embed_dim, kernel_size=1)
+        self.fuse = nn.Conv2d(2 * dim, dim, kernel_size=1)
 
     def forward(self, illumination: Tensor, reflectance: Tensor) -> Tensor:
         # Reflectance is unbounded above; r / (1 + r) maps it to [0, 1) like the illumination.
@@ -117,27 +106,15 @@ class Decoder(nn.Module):
     With ``sqrt_input`` the patch embedding takes ``[image, sqrt(image)]`` (``2c`` channels).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        embed_dim: int,
-        num_heads: int,
-        mlp_ratio: float,
-        num_resolution: int,
-        dropout_ratio: float,
-        sqrt_input: bool,
-        standardize_inputs: bool,
-        full_res_dim: int = 0,
-    ) -> None:
+    def __init__(self, hp: ModelHparams) -> None:
         super().__init__()
-        dims = [embed_dim * 2**i for i in range(num_resolution)]
-        heads = [num_heads * 2**i for i in range(num_resolution)]
-        kw = dict(mlp_ratio=mlp_ratio, dropout_ratio=dropout_ratio)
-        self.sqrt_input = sqrt_input
-        inputs = ["image", "sqrt"] if sqrt_input else ["image"]
-        self.embed = PatchEmbed(
-            len(inputs) * channels, dims[0], **input_stats(inputs, channels, standardize_inputs)
-        )
+        c, num_resolution, full_res_dim = hp.channels, hp.num_resolution, hp.full_res_dim
+        dims = [hp.embed_dim * 2**i for i in range(num_resolution)]
+        heads = [hp.num_heads * 2**i for i in range(num_resolution)]
+        kw = dict(mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
+        self.sqrt_input = hp.sqrt_input
+        inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
+        self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
         self.context_down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
         self.down_blocks = nn.ModuleList(
             TransformerBlock(dims[i], heads[i], **kw) for i in range(num_resolution - 1)
@@ -155,10 +132,10 @@ class Decoder(nn.Module):
         self.head = PatchUnembed(dims[0], HEAD_CHANNELS)  # (B, HEAD_CHANNELS, H, W)
         self.full_res_dim = full_res_dim
         if full_res_dim:
-            self.full_embed = nn.Conv2d(len(inputs) * channels, full_res_dim, kernel_size=3, padding=1)
+            self.full_embed = nn.Conv2d(len(inputs) * c, full_res_dim, kernel_size=3, padding=1)
             self.full_fuse = nn.Conv2d(HEAD_CHANNELS + full_res_dim, full_res_dim, kernel_size=1)
             self.full_block = TransformerBlock(full_res_dim, 1, **kw)
-        self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, channels, kernel_size=3, padding=1)
+        self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
         nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
 
     def forward(self, image: Tensor, context: Tensor) -> Tensor:
@@ -189,40 +166,16 @@ class Enhancer(nn.Module):
     """``Separation -> Encoder -> Decoder``; maps ``(B, c, H, W)`` in [0, 1] to the same shape.
 
     Any ``H, W >= 1``: the input is padded (replicate) to the network's stride and cropped back.
+    ``hp`` (:class:`~utils.hparams.ModelHparams`, checked there) is the architecture; the separation's
+    sigma is learned with ``trainable_separation`` (the second training session).
     """
 
-    def __init__(
-        self,
-        channels: int = 3,
-        kernel_size: int = 15,
-        sigma: float = 3.0,
-        trainable_separation: bool = False,
-        embed_dim: int = 44,
-        num_heads: int = 2,
-        mlp_ratio: float = 2.0,
-        num_resolution: int = 3,
-        dropout_ratio: float = 0.0,
-        sqrt_input: bool = True,
-        standardize_inputs: bool = False,
-        full_res_dim: int = 0,
-    ) -> None:
+    def __init__(self, hp: ModelHparams, trainable_separation: bool = False) -> None:
         super().__init__()
-        if num_resolution < 1:
-            raise ValueError(f"num_resolution must be >= 1, got {num_resolution}")
-        self.stride = 2**num_resolution
-        self.separation = Separation(channels, kernel_size, sigma, trainable=trainable_separation)
-        self.encoder = Encoder(channels, embed_dim, num_heads, mlp_ratio, dropout_ratio, standardize_inputs)
-        self.decoder = Decoder(
-            channels,
-            embed_dim,
-            num_heads,
-            mlp_ratio,
-            num_resolution,
-            dropout_ratio,
-            sqrt_input,
-            standardize_inputs,
-            full_res_dim,
-        )
+        self.stride = 2**hp.num_resolution
+        self.separation = Separation(hp.channels, hp.kernel_size, hp.sigma, trainable=trainable_separation)
+        self.encoder = Encoder(hp)
+        self.decoder = Decoder(hp)
 
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the

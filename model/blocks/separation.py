@@ -29,12 +29,7 @@ class Separation(nn.Module):
     """
 
     def __init__(
-        self,
-        channels: int = 3,
-        kernel_size: int = 15,
-        sigma: float = 3.0,
-        trainable: bool = False,
-        eps: float = 1e-4,
+        self, channels: int, kernel_size: int, sigma: float, trainable: bool = False, eps: float = 1e-4
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:

@@ -163,6 +163,15 @@ def fake_checkpoint(path: Path, content: bytes = b"stub") -> str:
     return str(path)
 
 
+def bench_settings(tmp_path: Path, split: Path, **overrides):
+    """A bench of ``split`` scoring PSNR and SSIM for a stand-in checkpoint, ``overrides`` changed."""
+    from engine.bench import BenchSettings
+
+    checkpoint = fake_checkpoint(tmp_path / "m.ckpt")
+    values = {"bench_data_path": str(split), "checkpoint_path": checkpoint, "metrics": ["PSNR", "SSIM"]}
+    return BenchSettings(**(values | overrides))
+
+
 def infer_main(monkeypatch, tmp_path: Path, model: torch.nn.Module, folder: Path, **overrides) -> int:
     """``infer.py`` in-process with ``model`` standing in for the checkpoint's; returns the exit status."""
     monkeypatch.setattr("model.model.load_checkpoint", lambda path, map_location="cpu": model)

@@ -16,12 +16,14 @@ import bench
 from data import utils as data_utils
 from data.utils import DataError
 from engine import bench as engine_bench
-from engine.bench import BenchError, BenchSettings, run_bench
+from engine.bench import BenchError, run_bench
 from engine.enhance import Enhance
 from engine.infer import run_infer
 from model.model import LowLightEnhancerLightning
+from tests.conftest import tiny_model
 from tests.faults.helpers import (
     Stub,
+    bench_settings,
     fake_checkpoint,
     infer_main,
     local_conv,
@@ -38,7 +40,7 @@ from utils.utils import run_main
 def test_fault_22_23_25_infer_and_bench_keep_every_size_and_name(tmp_path) -> None:
     sizes = {"one.png": (1, 1), "three by five.png": (3, 5), "ночь 01.png": (399, 601)}
     folder = write_images(tmp_path / "photos", sizes)
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1)
+    module = LowLightEnhancerLightning(tiny_model())
     enhance = Enhance(module, torch.device("cpu"))
     summary = run_infer(
         enhance,
@@ -53,30 +55,15 @@ def test_fault_22_23_25_infer_and_bench_keep_every_size_and_name(tmp_path) -> No
         with Image.open(tmp_path / "out" / "photos" / name) as image:
             assert image.size == (width, height) and image.mode == "RGB"
     split = write_split(tmp_path / "3_bench", {**sizes, "ночь 01.png": (39, 61)})  # smaller: faster
-    settings = BenchSettings(
-        bench_data_path=str(split),
-        checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
-        metrics=["PSNR", "SSIM"],
-        strict=False,
-        tiles=TileHparams(),
-        save_images=False,
-    )
-    result = run_bench(enhance, settings, tmp_path / "bench")
+    result = run_bench(enhance, bench_settings(tmp_path, split), tmp_path / "bench")
     assert result.summary["datasets"]["Tiny"]["images"] == 3
     assert all(np.isfinite(r["PSNR"]) for r in result.rows)
     assert {r["image"] for r in result.rows} == set(sizes)
 
 
-def bench_stub(tmp_path: Path, model: torch.nn.Module, split: Path, metrics=("PSNR", "SSIM"), cache_gb=4.0):
-    settings = BenchSettings(
-        bench_data_path=str(split),
-        checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
-        metrics=list(metrics),
-        strict=False,
-        tiles=TileHparams(),
-        save_images=True,
-        cache_gb=cache_gb,
-    )
+def bench_stub(tmp_path: Path, model: torch.nn.Module, split: Path, **overrides):
+    """``model`` benched on ``split`` with comparison strips (:func:`bench_settings`' ``overrides``)."""
+    settings = bench_settings(tmp_path, split, save_images=True, **overrides)
     return run_bench(Enhance(model, torch.device("cpu")), settings, tmp_path / "bench")
 
 
@@ -90,15 +77,7 @@ def test_bench_decodes_each_file_once_and_scores_the_same_from_disk(tmp_path, mo
     rows = {}
     for cache_gb in (4.0, 0.0):
         calls.clear()
-        settings = BenchSettings(
-            bench_data_path=str(split),
-            checkpoint_path=fake_checkpoint(tmp_path / "m.ckpt"),
-            metrics=["PSNR", "SSIM"],
-            strict=False,
-            tiles=TileHparams(),
-            save_images=False,
-            cache_gb=cache_gb,
-        )
+        settings = bench_settings(tmp_path, split, cache_gb=cache_gb)
         result = run_bench(
             Enhance(Stub(local_conv), torch.device("cpu")), settings, tmp_path / f"bench{cache_gb}"
         )
@@ -143,7 +122,7 @@ def test_fault_28_out_of_range_output_is_clamped_for_metrics_and_files(tmp_path,
         return y
 
     split = write_split(tmp_path / "3_bench", {"a.png": (24, 32)})
-    result = bench_stub(tmp_path, Stub(out_of_range), split, metrics=("PSNR", "SSIM", "BRISQUE"))
+    result = bench_stub(tmp_path, Stub(out_of_range), split, metrics=["PSNR", "SSIM", "BRISQUE"])
     row = result.rows[0]  # no pyiqa range assertion; BRISQUE of a two-tone image is n/a, not an error
     assert all(np.isfinite(row[c]) for c in ("PSNR", "SSIM", "PSNR_GTmean", "SSIM_GTmean"))
     folder = write_images(tmp_path / "photos", {"a.png": (24, 32)})

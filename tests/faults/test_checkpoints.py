@@ -19,6 +19,7 @@ from engine.callbacks import RngState
 from engine.run_dirs import RUN_DIR_ENV, resolve_run_dir
 from engine.runner import run_training
 from model.model import CheckpointError, LowLightEnhancerLightning, load_checkpoint
+from tests.conftest import tiny_model
 from tests.faults.helpers import (
     cli,
     crashed_copy,
@@ -137,7 +138,7 @@ def test_fault_34_resume_with_another_architecture_lists_the_mismatch(
 
 
 def test_fault_42_checkpoint_of_another_model_names_the_keys(tmp_path, monkeypatch, capsys) -> None:
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1)
+    module = LowLightEnhancerLightning(tiny_model())
     weights = module.state_dict()
     renamed = {k.replace("model.", "net.", 1): v for k, v in list(weights.items())[:3]}
     foreign = tmp_path / "other.ckpt"

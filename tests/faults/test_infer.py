@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 
 from data import utils as data_utils
-from data.dataloader import LowLightDataModule
 from data.utils import DataError
 from engine import infer as engine_infer
+from engine.bench import run_bench
 from engine.enhance import Enhance
 from engine.infer import collect_inputs, run_infer
 from tests.faults.helpers import (
     Stub,
+    bench_settings,
     enospc,
     fake_checkpoint,
     infer_main,
@@ -163,16 +164,14 @@ def test_infer_stopped_while_an_output_is_written_finishes_and_records_it(tmp_pa
 
 def test_infer_ignores_a_partial_high_folder(tmp_path) -> None:
     """high/ is unused by inference (README), so a partial one must not stop it: infer.py and the
-    closing inference of train.py (the data module's predict stage) both enhance every low image."""
+    closing inference of train.py (both through collect_inputs) enhance every low image, while
+    bench.py, which scores against high/, still pairs strictly."""
     split = write_split(tmp_path / "4_infer", {"a.png": (8, 8), "b.png": (8, 8)})
     (split / "Tiny/high/b.png").unlink()
     expected = [("Tiny", split / "Tiny/low/a.png"), ("Tiny", split / "Tiny/low/b.png")]
     assert collect_inputs(str(split), None) == expected
-    module = LowLightDataModule(infer_data_path=str(split), num_workers=0)
-    module.setup("predict")
-    assert [(p.low, p.high) for p in module.infer_pairs["Tiny"]] == [(path, None) for _, path in expected]
-    with pytest.raises(DataError, match="1 low image"):  # the bench split still pairs strictly
-        LowLightDataModule(bench_data_path=str(split), num_workers=0).setup("test")
+    with pytest.raises(DataError, match="1 low image"):
+        run_bench(Enhance(Stub(), torch.device("cpu")), bench_settings(tmp_path, split), tmp_path / "bench")
 
 
 def test_fault_40_disk_full_while_writing_outputs(tmp_path, monkeypatch, capsys) -> None:

@@ -13,6 +13,7 @@ import torch
 import train
 from engine.engine import EngineError, LightningEngine
 from model.model import LowLightEnhancerLightning, NonFiniteError
+from tests.conftest import tiny_model
 from tests.faults.helpers import (
     cli,
     crashed_copy,
@@ -95,7 +96,7 @@ def test_non_finite_loss_on_another_rank_stops_this_one_too(monkeypatch) -> None
         decisions.append((decision, all))
         return True  # another rank saw a non-finite loss
 
-    module = LowLightEnhancerLightning(embed_dim=8, num_heads=1)
+    module = LowLightEnhancerLightning(tiny_model())
     strategy = SimpleNamespace(reduce_boolean_decision=any_rank)
     monkeypatch.setattr(module, "_trainer", SimpleNamespace(strategy=strategy, global_step=7), raising=False)
     batch = {"low": torch.rand(1, 3, 16, 16), "high": torch.rand(1, 3, 16, 16)}
