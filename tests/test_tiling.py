@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 
 from utils.tiling import _spans, enhance_image, enhance_tiled, is_out_of_memory
@@ -240,3 +242,25 @@ def test_tile_flags_are_checked_for_bench_and_infer(script, flags, message):
     with pytest.raises(ValueError, match=message):
         type(hparams)(**flags)
     type(hparams)(tile=16, tile_overlap=15)  # the largest overlap a 16 px tile allows
+
+
+def test_tiling_check_reports_tiled_against_whole_for_a_checkpoint(tmp_path) -> None:
+    """tools.tiling_check (the model card's 4K check) runs a checkpoint whole and in the tiles
+    bench.py/infer.py use, and refuses a size that would not be tiled."""
+    from model.model import LowLightEnhancerLightning
+    from tests.conftest import tiny_model
+    from tools.tiling_check import TilingCheckHparams
+    from tools.tiling_check import main as tiling_check
+
+    torch.manual_seed(0)
+    module = LowLightEnhancerLightning(tiny_model())
+    checkpoint = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, checkpoint)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 80, (90, 120, 3), dtype=np.uint8)).save(photo)
+    common = dict(checkpoint_path=str(checkpoint), photo=str(photo), width=330, height=260, threads=1)
+    report = tiling_check(TilingCheckHparams(**common, max_pixels=65536, output=str(tmp_path / "t.json")))
+    assert report["tiles"]["mode"] == "tiled" and report["psnr_float_db"] > 60
+    assert report["psnr_8bit_db"] > 45 and (tmp_path / "t.json").is_file()
+    with pytest.raises(ValueError, match="nothing is tiled"):
+        tiling_check(TilingCheckHparams(**common, output=str(tmp_path / "u.json")))
