@@ -69,7 +69,7 @@ def main(hp: TilingCheckHparams) -> dict:
         raise ValueError(f"{report_size(hp)} <= --max_pixels {hp.max_pixels}: nothing is tiled")
     torch.set_num_threads(hp.threads)
     image = Image.open(hp.photo).convert("RGB").resize((hp.width, hp.height), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float().div(255)
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255)
     enhance = Enhance(load_checkpoint(hp.checkpoint_path), torch.device("cpu"))
     start = time.perf_counter()
     whole = enhance(x).clamp(0, 1)
