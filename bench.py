@@ -17,7 +17,7 @@ against the first method, as table.md, table.csv, table.tex (booktabs), bench.cs
 import sys
 from dataclasses import dataclass, field
 
-from utils.hparams import CacheHparams, RuntimeHparams, TileHparams, check_all_groups
+from utils.hparams import CacheHparams, RuntimeHparams, TileHparams
 from utils.utils import log, parse_hparams, run_main
 
 
@@ -46,7 +46,7 @@ class BenchHparams(TileHparams, RuntimeHparams, CacheHparams):
     """Root folder of bench results."""
 
     def __post_init__(self) -> None:
-        check_all_groups(self)
+        super().__post_init__()
         from utils.metrics import METRICS
 
         unknown = sorted({m.upper() for m in self.metrics} - set(METRICS))

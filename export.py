@@ -19,7 +19,7 @@ for the check).
 import sys
 from dataclasses import dataclass
 
-from utils.utils import parse_hparams, run_main
+from utils.utils import NEW_FILE_MODE, parse_hparams, run_main
 
 
 @dataclass
@@ -91,6 +91,7 @@ def export_onnx(model, path, opset: int = 18, example_size: tuple[int, int] = (6
                 dynamic_axes={"low": axes, "enhanced": axes},
             )
         onnx.checker.check_model(tmp, full_check=True)
+        os.chmod(tmp, NEW_FILE_MODE)
         os.replace(tmp, path)
     except Exception as error:
         Path(tmp).unlink(missing_ok=True)

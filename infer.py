@@ -10,7 +10,7 @@ no output and do not stop the others; the exit status is non-zero if any image f
 import sys
 from dataclasses import dataclass
 
-from utils.hparams import RuntimeHparams, TileHparams, check_all_groups
+from utils.hparams import RuntimeHparams, TileHparams
 from utils.utils import parse_hparams, run_main
 
 
@@ -30,9 +30,6 @@ class InferHparams(TileHparams, RuntimeHparams):
     """Average the outputs of the 8 flips/rotations of each image."""
     log_dir: str = "runs"
     """Outputs go to <log_dir>/<experiment_name>/inference/."""
-
-    def __post_init__(self) -> None:
-        check_all_groups(self)
 
 
 def get_hparams() -> InferHparams:

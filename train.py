@@ -18,7 +18,6 @@ from utils.hparams import (
     OptimHparams,
     RuntimeHparams,
     TrainLoopHparams,
-    check_all_groups,
 )
 from utils.utils import parse_hparams, run_main
 
@@ -45,7 +44,7 @@ class TrainHparams(TrainLoopHparams, RuntimeHparams, OptimHparams, ModelHparams,
     """Metrics of the closing bench table."""
 
     def __post_init__(self) -> None:
-        check_all_groups(self)
+        super().__post_init__()
         if self.init_from and self.checkpoint_path:
             raise ValueError("give --init_from (weights only) or --checkpoint_path, not both")
 

@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from utils.hparams import CacheHparams, RuntimeHparams, check_all_groups
+from utils.hparams import CacheHparams, RuntimeHparams
 from utils.utils import parse_hparams, run_main
 
 
@@ -26,9 +26,6 @@ class ValidHparams(RuntimeHparams, CacheHparams):
     """DataLoader worker processes."""
     log_dir: str = "runs/valid"
     """Where valid.json is written."""
-
-    def __post_init__(self) -> None:
-        check_all_groups(self)
 
 
 def get_hparams() -> ValidHparams:

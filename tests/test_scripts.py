@@ -458,3 +458,35 @@ def test_ddp_validation_counts_every_image_once(trained, tmp_path):
     two = json.loads(reports[0].read_text())
     for key in ("valid/psnr", "valid/ssim", "valid/3_total"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+def test_every_script_runs_the_checks_of_every_group_it_combines() -> None:
+    """A wrong value is rejected in each script's flat hyper-parameters, whichever group it belongs to
+    (each group's check chains to the next: none is skipped by the dataclass MRO)."""
+    import bench
+    import infer
+    import train
+    import valid
+    from tools.quality import QualityHparams
+    from utils import hparams
+
+    bad = {
+        hparams.CacheHparams: ({"cache_gb": -1}, "cache_gb must be >= 0"),
+        hparams.DataHparams: ({"image_size": 4}, "image_size must be >= 8"),
+        hparams.ModelHparams: ({"channels": 0}, "channels must be >= 1"),
+        hparams.OptimHparams: ({"lr": 0}, "lr must be > 0"),
+        hparams.RuntimeHparams: ({"num_nodes": 0}, "num_nodes must be >= 1"),
+        hparams.TrainLoopHparams: ({"max_epochs": 0}, "max_epochs must be >= 1"),
+        hparams.TileHparams: ({"tile_overlap": -1}, "--tile_overlap must be >= 0"),
+    }
+    scripts = [train.TrainHparams, valid.ValidHparams, bench.BenchHparams, infer.InferHparams, QualityHparams]
+    checked = 0
+    for script in scripts:
+        script(checkpoint_path="m.ckpt") if script is not QualityHparams else script()  # defaults pass
+        for group, (value, message) in bad.items():
+            if issubclass(script, group):
+                kwargs = {} if script is QualityHparams else {"checkpoint_path": "m.ckpt"}
+                with pytest.raises(ValueError, match=message):
+                    script(**kwargs, **value)
+                checked += 1
+    assert checked >= 14  # train alone combines six groups

@@ -73,6 +73,11 @@ def test_speed_report_quick_writes_every_field(tmp_path):
         assert report[model]["params"] > 0
         assert len(report[model]["gmacs"]) == 2 and all(v > 0 for v in report[model]["gmacs"].values())
         assert report["peak_memory"][model]["bytes"] > 1e6  # a forward's activations, measured in a worker
+        assert report["peak_memory_tiled"][model]["bytes"] > 1e6
+    # the tiled row runs infer.py's path: an image above max_pixels, which it tiles
+    tiled = report["peak_memory_tiled"]
+    assert tiled["size"] == "320x256" and 320 * 256 > tiled["max_pixels"]
+    assert "inference as infer.py runs it (tiled above 65,536 pixels)" in proc.stdout
     assert len(report["latency"]) == 2
     for entry in (*report["latency"].values(), report["train_step"]):
         assert entry["illrecnet_s"] > 0 and entry["yardstick_s"] > 0 and entry["ratio"] > 0

@@ -4,6 +4,7 @@ out-of-memory errors by retrying with smaller tiles (never by writing a wrong im
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -88,16 +89,23 @@ def test_failing_tile_raises() -> None:
         enhance_image(broken, image(300, 300), tile=128, overlap=16, max_pixels=10**6)
 
 
+def out_of_memory_above(side: int, fn: Callable[[Tensor], Tensor], seen: list) -> Callable[[Tensor], Tensor]:
+    """``fn`` that records each input's longer side in ``seen`` and runs out of (CUDA) memory above
+    ``side`` pixels, like a network on a too small GPU."""
+
+    def fragile(t: Tensor) -> Tensor:
+        seen.append(max(t.shape[-2:]))
+        if max(t.shape[-2:]) > side:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fn(t)
+
+    return fragile
+
+
 def test_out_of_memory_retries_with_smaller_tiles(caplog: pytest.LogCaptureFixture) -> None:
     conv = local_fn()
     sizes: list[int] = []
-
-    def fragile(t: Tensor) -> Tensor:
-        sizes.append(max(t.shape[-2:]))
-        if max(t.shape[-2:]) > 100:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return conv(t)
-
+    fragile = out_of_memory_above(100, conv, sizes)
     x = image(300, 280)
     with caplog.at_level(logging.WARNING, logger="utils.tiling"):
         out, info = enhance_image(fragile, x, tile=None, overlap=8, max_pixels=10**6, min_tile=64)
@@ -157,12 +165,7 @@ def test_shared_context_wraps_every_tiled_attempt_and_only_those() -> None:
         def __exit__(self, *exc: object) -> None:
             events.append("exit")
 
-    def fragile(t: Tensor) -> Tensor:
-        events.append(max(t.shape[-2:]))
-        if max(t.shape[-2:]) > 100:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return conv(t)
-
+    fragile = out_of_memory_above(100, conv, events)
     x = image(150, 90)
     enhance_image(fragile, x, tile=None, overlap=8, max_pixels=10**6, min_tile=64, shared_context=Shared)
     assert events[:5] == [150, ("prepare", (150, 90), 75 * 75), "enter", 75, 75]

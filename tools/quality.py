@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tools import check_device, publish
-from utils.hparams import ModelHparams, check_all_groups
+from utils.hparams import ModelHparams
 from utils.utils import parse_hparams
 
 PSNR_MARGIN_DB = {"default": 3.8, "mild": 3.0, "lol": 3.0, "extreme": 3.5}
@@ -109,7 +109,7 @@ class QualityHparams(ModelHparams):
     """JSON results (written atomically)."""
 
     def __post_init__(self) -> None:
-        check_all_groups(self)
+        super().__post_init__()
         for name in ("steps", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

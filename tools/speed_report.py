@@ -9,8 +9,9 @@ default configuration) prints a Markdown table and writes JSON (atomically) with
 - one training step (batch 4, 128x128 crops, AdamW, L1 + L2 loss, forward + backward + step;
   the fused AdamW kernel by default: the per-parameter loop costs more for models with many small
   parameter tensors than for the yardstick's 36);
-- peak memory of whole-image 1080p inference (CPU: peak-RSS increase in a fresh subprocess per
-  measurement; CUDA: ``torch.cuda.max_memory_allocated``);
+- peak memory of whole-image 1080p inference and of 3840x2160 inference the way ``infer.py`` runs it
+  (tiled above ``--max_pixels``, attention shared from the whole image) (CPU: peak-RSS increase in a
+  fresh subprocess per measurement; CUDA: ``torch.cuda.max_memory_allocated``);
 - the data pipeline (``PairedImageDataset``, crop 128 + augmentation, ``num_workers=2``) in
   samples/s, against the samples/s that training consumes: as ``train.py`` runs it by default
   (decoded images kept in memory, ``cache_gb``; this row has the target) and decoding every
@@ -45,7 +46,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from tools import check_device, publish
-from utils.hparams import CompileMode, DataHparams, ModelHparams, check_compile_mode, field_values
+from utils.hparams import (
+    CompileMode,
+    DataHparams,
+    ModelHparams,
+    TileHparams,
+    check_compile_mode,
+    field_values,
+)
 from utils.utils import parse_hparams
 
 TARGETS = {
@@ -53,10 +61,11 @@ TARGETS = {
     "train_step_ratio": 1.7,
     "flops_fraction_of_matmul_peak": 0.35,
     "peak_memory_1080p_gb": 2.5,
+    "peak_memory_4k_tiled_gb": 3.0,
     "data_pipeline_ratio": 4.0,
     "data_pipeline_photos_ratio": 4.0,
-    "params_m": 1.5,
-    "gmacs_256x256": 6.0,
+    "params_m": 2.0,
+    "gmacs_256x256": 8.0,
     "mac_scaling_4x_pixels": 4.5,
 }
 """Bounds the report checks (keys named after the full-size measurements; ``--quick`` checks its
@@ -115,32 +124,25 @@ class Sizes:
     scaling: tuple[tuple[int, int], tuple[int, int]]
     latency: tuple[tuple[int, int], ...]
     memory: tuple[int, int]
+    tiled: tuple[int, int]
+    tiled_max_pixels: int
     crop: int
     batch: int
     matmul: int
     data_batches: int
 
 
-FULL = Sizes(
-    macs=((256, 256), (600, 400)),
-    scaling=((256, 256), (512, 512)),
-    latency=((600, 400), (1920, 1080)),
-    memory=(1920, 1080),
-    crop=128,
-    batch=4,
-    matmul=2048,
-    data_batches=60,
-)
-QUICK = Sizes(
-    macs=((32, 32), (48, 40)),
-    scaling=((32, 32), (64, 64)),
-    latency=((48, 40), (72, 56)),
-    memory=(72, 56),
-    crop=32,
-    batch=2,
-    matmul=256,
-    data_batches=3,
-)
+# QUICK: tiny sizes, so the tests run every row in seconds.
+# fmt: off
+FULL = Sizes(macs=((256, 256), (600, 400)), scaling=((256, 256), (512, 512)),
+             latency=((600, 400), (1920, 1080)), memory=(1920, 1080),
+             tiled=(3840, 2160), tiled_max_pixels=TileHparams.max_pixels,
+             crop=128, batch=4, matmul=2048, data_batches=60)
+QUICK = Sizes(macs=((32, 32), (48, 40)), scaling=((32, 32), (64, 64)),
+              latency=((48, 40), (72, 56)), memory=(72, 56),
+              tiled=(320, 256), tiled_max_pixels=65536,
+              crop=32, batch=2, matmul=256, data_batches=3)
+# fmt: on
 
 
 def wxh(size: tuple[int, int]) -> str:
@@ -309,8 +311,12 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def memory_worker(model_file: str, size: tuple[int, int], device: str, threads: int) -> dict:
-    """Peak memory increase of one whole-image no-grad inference (run in a fresh process).
+def memory_worker(
+    model_file: str, size: tuple[int, int], device: str, threads: int, max_pixels: int | None = None
+) -> dict:
+    """Peak memory increase of one no-grad inference (run in a fresh process): of the whole image, or
+    with ``max_pixels`` as ``infer.py`` runs it (``engine.enhance.enhance_one``: tiled above
+    ``max_pixels`` pixels, the attention shared from a shrunk copy of the whole image).
 
     CPU: peak RSS during the forward minus RSS just before it (VmHWM is reset first where the
     kernel allows; otherwise the baseline is the peak so far). CUDA: max_memory_allocated minus
@@ -320,24 +326,35 @@ def memory_worker(model_file: str, size: tuple[int, int], device: str, threads: 
     dev = torch.device(device)
     model = torch.load(model_file, map_location=dev, weights_only=False).eval()  # our own file
     x = torch.rand(1, 3, size[1], size[0], device=dev)
+    forward = model
+    if max_pixels is not None:
+        from engine.enhance import Enhance, enhance_one
+
+        enhance = Enhance(model, dev)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return enhance_one(enhance, x, TileHparams(max_pixels=max_pixels))[0]
+
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)
         with torch.no_grad():
-            model(x)
+            forward(x)
         torch.cuda.synchronize(dev)
         return {"bytes": torch.cuda.max_memory_allocated(dev) - before, "method": "cuda max_memory_allocated"}
     reset = _reset_peak_rss()
     before = _status_bytes("VmRSS") if reset else _peak_rss_bytes()
     with torch.no_grad():
-        model(x)
+        forward(x)
     method = "VmHWM (reset first) minus VmRSS before" if reset else "peak RSS minus the peak before"
     return {"bytes": _peak_rss_bytes() - before, "method": method}
 
 
-def peak_memory(model: nn.Module, size: tuple[int, int], device: str, threads: int) -> dict:
+def peak_memory(
+    model: nn.Module, size: tuple[int, int], device: str, threads: int, max_pixels: int | None = None
+) -> dict:
     """Run :func:`memory_worker` in a fresh spawned interpreter so earlier allocations do not count.
 
     The model travels as a pickled module in a temporary file: the worker needs no checkpoint
@@ -347,7 +364,7 @@ def peak_memory(model: nn.Module, size: tuple[int, int], device: str, threads: i
         model_file = str(Path(folder) / "model.pt")
         torch.save(model, model_file)
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(memory_worker, (model_file, size, device, threads))
+            return pool.apply(memory_worker, (model_file, size, device, threads, max_pixels))
 
 
 # ------------------------------------------------------------------------------------ data pipeline
@@ -520,11 +537,21 @@ def measure(hp: SpeedHparams) -> dict:
         "size": wxh(sizes.memory),
         **{name: peak_memory(m, sizes.memory, hp.device, hp.threads) for name, m in models.items()},
     }
-    print(
-        "  peak memory: "
-        + ", ".join(f"{name} {report['peak_memory'][name]['bytes'] / 1e9:.2f} GB" for name in models),
-        file=sys.stderr,
-    )
+    report["peak_memory_tiled"] = {
+        "size": wxh(sizes.tiled),
+        "max_pixels": sizes.tiled_max_pixels,
+        **{
+            name: peak_memory(m, sizes.tiled, hp.device, hp.threads, sizes.tiled_max_pixels)
+            for name, m in models.items()
+        },
+    }
+    for key in ("peak_memory", "peak_memory_tiled"):
+        mem = report[key]
+        print(
+            f"  peak memory {mem['size']}: "
+            + ", ".join(f"{name} {mem[name]['bytes'] / 1e9:.2f} GB" for name in models),
+            file=sys.stderr,
+        )
 
     print("measuring the matmul peak and the data pipeline ...", file=sys.stderr)
     peak = matmul_peak_gflops(sizes.matmul, repeats, device)
@@ -565,6 +592,7 @@ def measure(hp: SpeedHparams) -> dict:
         "train_step_ratio": train["ratio"],
         "flops_fraction_of_matmul_peak": model_gflops / peak,
         "peak_memory_1080p_gb": report["peak_memory"]["illrecnet"]["bytes"] / 1e9,
+        "peak_memory_4k_tiled_gb": report["peak_memory_tiled"]["illrecnet"]["bytes"] / 1e9,
         "data_pipeline_ratio": data["ratio"],
         "data_pipeline_photos_ratio": report["data_pipeline_photos"]["ratio"],
     }
@@ -616,6 +644,11 @@ def markdown(report: dict) -> str:
     a, b = mem["illrecnet"]["bytes"], mem["yardstick"]["bytes"]
     row(f"peak memory, {mem['size']} inference (GB)", f"{a / 1e9:.2f}", f"{b / 1e9:.2f}",
         f"{a / max(1, b):.2f}", "peak_memory_1080p_gb")  # fmt: skip
+    tiled = report["peak_memory_tiled"]
+    a, b = tiled["illrecnet"]["bytes"], tiled["yardstick"]["bytes"]
+    row(f"peak memory, {tiled['size']} inference as infer.py runs it (tiled above {tiled['max_pixels']:,} "
+        "pixels) (GB)", f"{a / 1e9:.2f}", f"{b / 1e9:.2f}", f"{a / max(1, b):.2f}",
+        "peak_memory_4k_tiled_gb")  # fmt: skip
     row(f"model GFLOP/s at {flops['size']} (fraction of the {flops['matmul_peak_gflops']:.0f} GFLOP/s "
         "matmul peak)", f"{flops['illrecnet_gflops']:.1f} ({flops['illrecnet_fraction']:.0%})",
         f"{flops['yardstick_gflops']:.1f} ({flops['yardstick_fraction']:.0%})", "",

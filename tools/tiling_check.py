@@ -18,9 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from tools import publish
 from utils.utils import parse_hparams
@@ -61,6 +59,7 @@ def report_size(hp: TilingCheckHparams) -> str:
 
 
 def main(hp: TilingCheckHparams) -> dict:
+    from data.utils import load_image
     from engine.enhance import Enhance, enhance_one, to_uint8
     from model.model import load_checkpoint
     from utils.hparams import TileHparams
@@ -68,8 +67,9 @@ def main(hp: TilingCheckHparams) -> dict:
     if hp.width * hp.height <= hp.max_pixels:
         raise ValueError(f"{report_size(hp)} <= --max_pixels {hp.max_pixels}: nothing is tiled")
     torch.set_num_threads(hp.threads)
-    image = Image.open(hp.photo).convert("RGB").resize((hp.width, hp.height), Image.BICUBIC)
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255)
+    photo = load_image(hp.photo)[None]  # the loaders' decode: EXIF orientation, 16-bit files
+    x = torch.nn.functional.interpolate(photo, size=(hp.height, hp.width), mode="bicubic", antialias=True)
+    x = x.clamp(0, 1)
     enhance = Enhance(load_checkpoint(hp.checkpoint_path), torch.device("cpu"))
     start = time.perf_counter()
     whole = enhance(x).clamp(0, 1)

@@ -21,8 +21,17 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+class HparamGroup:
+    """Base of every group. Each group's ``__post_init__`` checks its own fields and calls
+    ``super().__post_init__()``, so a script's dataclass that combines several groups runs all their
+    checks; this one ends the chain."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
 @dataclass
-class CacheHparams:
+class CacheHparams(HparamGroup):
     cache_gb: float = 4.0
     """Keep decoded images in memory when they take at most this many GB (3 bytes per pixel, 6 for
     16-bit files; LOL-v1's 485 pairs take 0.70 GB): the training split (what it leaves keeps the
@@ -31,6 +40,7 @@ class CacheHparams:
     process holds its own copy."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.cache_gb >= 0, f"cache_gb must be >= 0, got {self.cache_gb}")
 
 
@@ -81,7 +91,7 @@ class DataHparams(CacheHparams):
 
 
 @dataclass
-class ModelHparams:
+class ModelHparams(HparamGroup):
     channels: int = 3
     """Colour channels of the images."""
     kernel_size: int = 15
@@ -114,6 +124,7 @@ class ModelHparams:
     output convolution. Checkpoints from before this option load with it 0."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
@@ -137,7 +148,7 @@ after the first checkpoints)."""
 
 
 @dataclass
-class OptimHparams:
+class OptimHparams(HparamGroup):
     lr: float = 2e-4
     """Peak learning rate of AdamW."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -156,6 +167,7 @@ class OptimHparams:
     """Weight of the MSE (L2) loss."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.betas = tuple(self.betas)
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(
@@ -173,7 +185,7 @@ class OptimHparams:
 
 
 @dataclass
-class RuntimeHparams:
+class RuntimeHparams(HparamGroup):
     accelerator: str = "auto"
     """cpu, gpu, cuda, mps or auto (a GPU when one is present)."""
     devices: int | list[int] | str = "auto"
@@ -201,6 +213,7 @@ class RuntimeHparams:
     the CUDA-graph part of a mode does nothing."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(
             devices_ok(self.devices),
             f"devices must be a count (2; -1 for all), a list of indices ([0, 1] or '0,1') or auto, "
@@ -258,7 +271,7 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
 
 @dataclass
-class TrainLoopHparams:
+class TrainLoopHparams(HparamGroup):
     max_epochs: int = 1000
     """Epochs per session."""
     patience: int = 100
@@ -279,6 +292,7 @@ class TrainLoopHparams:
     """Ask torch for deterministic algorithms (slower; bit-exact reruns on CPU)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")
         _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         _check(self.gradient_clip_val >= 0, f"gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
@@ -288,7 +302,7 @@ class TrainLoopHparams:
 
 
 @dataclass
-class TileHparams:
+class TileHparams(HparamGroup):
     """How bench.py and infer.py split large images (see :func:`utils.tiling.enhance_image`)."""
 
     tile: int | None = None
@@ -301,6 +315,7 @@ class TileHparams:
     keeps a 3840x2160 image under 3 GB of peak memory on a CPU."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.tile is None or self.tile >= 16, f"--tile must be >= 16, got {self.tile}")
         _check(self.tile_overlap >= 0, f"--tile_overlap must be >= 0, got {self.tile_overlap}")
         _check(
@@ -324,12 +339,3 @@ def field_values(obj: object, group: type) -> dict:
     """The values of ``obj`` (a group, a script's composite of groups, or anything with those
     attributes) for the fields of dataclass ``group``: how a group's values reach a constructor."""
     return {name: getattr(obj, name) for name in field_names(group)}
-
-
-def check_all_groups(obj: object) -> None:
-    """Run ``__post_init__`` of every group a composite dataclass inherits from (dataclasses only
-    call the first one found in the MRO)."""
-    for cls in type(obj).__mro__[1:]:
-        check = cls.__dict__.get("__post_init__")
-        if check is not None:
-            check(obj)

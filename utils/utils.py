@@ -110,6 +110,17 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; restored at once (at import, one thread)
+    os.umask(mask)
+    return mask
+
+
+NEW_FILE_MODE = 0o666 & ~_process_umask()
+"""Permissions of a file written atomically: what a plain ``open(path, "w")`` would give (the
+temporary files ``tempfile.mkstemp`` makes are private, 0600)."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``:
     readers see the old file or the new one, never a partial one. The temporary file is removed
@@ -119,6 +130,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -112,3 +112,19 @@ def test_fault_39_same_named_input_folders_never_share_outputs(tmp_path) -> None
     assert np.asarray(Image.open(out / "DICM/1.png"))[0, 0, 0] == 50
     assert len(run_infer(Enhance(Stub(), cpu), inputs, out, TileHparams(), True, ckpt).enhanced) == 1
     assert np.asarray(Image.open(out / "DICM/1.png"))[0, 0, 0] == 99
+
+
+def test_atomic_writes_get_the_permissions_a_plain_write_gets(tmp_path) -> None:
+    """Outputs and reports written atomically are as readable as any file the user's
+    umask allows (a shared GPU box: colleagues read the results), not private like a temporary file."""
+    import stat
+
+    from data.utils import save_png_atomic
+    from utils.utils import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "report.json", "{}")
+    save_png_atomic(tmp_path / "out.png", np.zeros((4, 4, 3), np.uint8))
+    for written in ("report.json", "out.png"):
+        assert stat.S_IMODE((tmp_path / written).stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
