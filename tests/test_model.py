@@ -205,33 +205,33 @@ def _psnr(a, b) -> float:
 def test_learns_one_pair():
     torch.manual_seed(0)
     high = torch.rand(1, 3, 8, 8)
-    high = torch.nn.functional.interpolate(high, size=(48, 48), mode="bilinear", align_corners=False)
+    high = torch.nn.functional.interpolate(high, size=(32, 32), mode="bilinear", align_corners=False)
     low = (high**2.2 * 0.15) ** (1 / 2.2) * 0.5  # darker, different tone curve
     module = LowLightEnhancerLightning()
     before = _psnr(module(low).detach(), high)
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
-    for _ in range(200):
+    opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
+    for _ in range(80):  # measured: 13.7 -> 37.2 dB
         opt.zero_grad()
         module.loss(module(low), high)["total"].backward()
         opt.step()
     after = _psnr(module(low).detach(), high)
-    assert after >= before + 5, (before, after)
+    assert after >= before + 10, (before, after)
 
 
 @pytest.mark.parametrize(
     ("self_ensemble", "size"),
-    # the self-ensemble at the size off the network's stride only: its eight views at 512x512 took
-    # five minutes of the suite and test nothing the odd size does not (each view on its own grid)
-    [(False, (512, 512)), (False, (300, 451)), (True, (300, 451))],
+    # the self-ensemble at the size off the network's stride only: its eight views at the even size
+    # test nothing the odd size does not (each view on its own grid)
+    [(False, (256, 256)), (False, (150, 227)), (True, (150, 227))],
 )
 def test_tiles_share_the_whole_image_attention(self_ensemble, size):
     """Channel attention is the enhancer's only global operation. Tiles that each compute it from
     their own pixels only approximate the whole image (a trained checkpoint shifts a tile's
     brightness; README), so bench/infer give every tile the attention matrices of the whole image
     (``Enhance.whole_image_attention``), one set per self-ensemble view. With the matrices of the
-    full-size image the tiles reproduce the whole-image output to rounding error (measured 115 dB
-    without / 123 dB with self-ensemble; 70 dB if every view took the first view's matrices); from a
-    copy shrunk to one tile's pixels, 59 / 66 dB against 44 / 49 dB for tiles on their own.
+    full-size image the tiles reproduce the whole-image output to rounding error (measured 109-114 dB
+    without / 121 dB with self-ensemble); from a copy shrunk to one tile's pixels, 56-61 / 65 dB
+    against 30-47 / 43 dB for tiles on their own.
     At a size that is not a multiple of the network's stride too: each view is tiled on its own
     grid (tiling inside the views put a rotated view's tiles off the grid: 35 dB at 203x301)."""
     from engine.enhance import Enhance, enhance_one
@@ -249,7 +249,7 @@ def test_tiles_share_the_whole_image_attention(self_ensemble, size):
             layer.temperature.data.fill_(8.0)  # sharper attention, as training makes it
     enhance = Enhance(model, torch.device("cpu"), self_ensemble=self_ensemble)
     whole = enhance(image).clamp(0, 1)
-    tiles = TileHparams(tile=256, tile_overlap=64, max_pixels=10**9)
+    tiles = TileHparams(tile=160, tile_overlap=64, max_pixels=10**9)
 
     def full_size(x, pixels):
         return enhance.whole_image_attention(x, pixels=x.shape[-2] * x.shape[-1])
@@ -257,7 +257,7 @@ def test_tiles_share_the_whole_image_attention(self_ensemble, size):
     exact, info = enhance_one(enhance, image, tiles, shared_context=full_size)
     assert info["mode"] == "tiled"
     assert _psnr(exact, whole) >= 90.0
-    on_their_own = _psnr(enhance_tiled(enhance, image, 256, 64), whole)
+    on_their_own = _psnr(enhance_tiled(enhance, image, 160, 64), whole)
     shrunk, _ = enhance_one(enhance, image, tiles)
     assert _psnr(shrunk, whole) > on_their_own + 3
     assert enhance._shared is None  # the shared matrices are dropped after the image
@@ -445,6 +445,6 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
     def full_size(x, pixels):
         return enhance.whole_image_attention(x, pixels=x.shape[-2] * x.shape[-1])
 
-    tiles = TileHparams(tile=256, tile_overlap=64, max_pixels=10**9)
+    tiles = TileHparams(tile=160, tile_overlap=64, max_pixels=10**9)
     tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
     assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
