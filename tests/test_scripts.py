@@ -94,11 +94,15 @@ def test_train_writes_checkpoints_logs_and_summary_for_both_sessions(trained):
         assert result["epochs"] == 2 and np.isfinite(result["valid_psnr"])
         assert f"{result['valid_psnr']:.2f} dB" in out
     assert f"tensorboard --logdir {run_dir.parent}" in out
-    # The console: the project's lines and Lightning's own, without the third-party noise that no
-    # user can act on (a logging-service tip, torch's LeafSpec deprecation inside Lightning)
+    # The console: the project's lines, the device and the progress bars, without the third-party
+    # noise that no user can act on (a logging-service tip, torch's LeafSpec deprecation inside
+    # Lightning, Lightning's TPU line and checkpoint bookkeeping in every session)
     err = trained["proc"].stderr
     assert "INFO session trainable starts from the weights of" in err and "GPU available: False" in err
     assert "Tip: For seamless cloud logging" not in err and "LeafSpec" not in err
+    for noise in ("TPU available", "Loading `train_dataloader`", "Restoring states", "Loaded model weights"):
+        assert noise not in err, noise
+    assert "`Trainer.fit` stopped" not in err
     # Frozen separation kept its sigma; the trainable session learned it.
     frozen = torch.load(run_dir / "frozen/checkpoints/best.ckpt", weights_only=True)["state_dict"]
     trainable = torch.load(run_dir / "trainable/checkpoints/last.ckpt", weights_only=True)["state_dict"]

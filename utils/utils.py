@@ -73,9 +73,25 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-THIRD_PARTY_NOISE = _DropMessages("💡 Tip: For seamless cloud logging")
-"""Lightning 2.6.6 advertises a logging service at every Trainer that has no LitLogger (an INFO record
-of ``lightning.pytorch.utilities.rank_zero``); only that message is dropped, the logger's others stay."""
+THIRD_PARTY_NOISE = _DropMessages(
+    # Lightning 2.6.6 advertises a logging service at every Trainer that has no LitLogger
+    "💡 Tip: For seamless cloud logging",
+    # Lightning 2.6.6, at every Trainer (each session, valid, the closing bench): the TPU line on
+    # every machine without one ("GPU available" stays: it says where training runs)
+    "TPU available:",
+    # Lightning 2.6.6 before every fit: how it counts the scheduler's steps
+    "Loading `train_dataloader` to estimate number of stepping batches.",
+    # Lightning 2.6.6 when a session's best checkpoint is validated (the project's summary names the
+    # checkpoint; a resumed fit still says "Restored all states", besides the project's own line)
+    "Restoring states from the checkpoint path at",
+    "Loaded model weights from the checkpoint at",
+    # Lightning 2.6.6 at the end of every fit that ran its epochs or steps (the summary says how many);
+    # "`Trainer.fit` stopped: No training batches." stays
+    "`Trainer.fit` stopped: `max_epochs=",
+    "`Trainer.fit` stopped: `max_steps=",
+)
+"""INFO records of ``lightning.pytorch.utilities.rank_zero`` that repeat in every run and that no user
+acts on; only these messages are dropped, the logger's others (and every warning) stay."""
 
 
 def silence_third_party_noise() -> None:
