@@ -7,6 +7,7 @@ strategy and seeding come from the engine's runtime settings. The GPU is never c
 callbacks of the training Trainer live in :mod:`engine.callbacks`.
 """
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +82,10 @@ class LightningEngine:
 
     @classmethod
     def from_hparams(cls, hp: Any, **overrides: Any) -> "LightningEngine":
-        """The engine a script's hyper-parameters ask for (the :class:`RuntimeHparams` fields it has,
-        plus ``deterministic`` where present); ``overrides`` win."""
-        names = (
-            "accelerator",
-            "devices",
-            "num_nodes",
-            "strategy",
-            "precision",
-            "seed",
-            "deterministic",
-            "compile",
-            "compile_mode",
-        )
+        """The engine a script's hyper-parameters ask for: each constructor argument taken from the
+        field of the same name where ``hp`` has one (its :class:`RuntimeHparams` fields, plus
+        ``deterministic`` where present); ``overrides`` win."""
+        names = list(inspect.signature(cls.__init__).parameters)[1:]
         return cls(**{**{n: getattr(hp, n) for n in names if hasattr(hp, n)}, **overrides})
 
     def compiled(self, module: torch.nn.Module, training: bool = False) -> torch.nn.Module:
