@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tools import publish
+from utils.hparams import TileHparams
 from utils.utils import parse_hparams
 
 
@@ -36,7 +37,7 @@ class TilingCheckHparams:
     """Width after resizing."""
     height: int = 2160
     """Height after resizing."""
-    max_pixels: int = 2_100_000
+    max_pixels: int = TileHparams.max_pixels
     """Above this many pixels the tiled run tiles (bench.py and infer.py's ``--max_pixels``)."""
     threads: int = 2
     """torch intra-op threads."""
@@ -62,7 +63,6 @@ def main(hp: TilingCheckHparams) -> dict:
     from data.utils import load_image
     from engine.enhance import Enhance, enhance_one, to_uint8
     from model.model import load_checkpoint
-    from utils.hparams import TileHparams
 
     if hp.width * hp.height <= hp.max_pixels:
         raise ValueError(f"{report_size(hp)} <= --max_pixels {hp.max_pixels}: nothing is tiled")
