@@ -219,6 +219,50 @@ def test_quality_runs_end_to_end(quality_run):
             QualityHparams(device="cuda")
 
 
+def test_quality_reuses_saved_models_instead_of_retraining(tmp_path, capsys):
+    models_dir = tmp_path / "models"
+    first = quality_main(
+        QualityHparams(
+            **TINY_QUALITY, regimes=["lol"], models_dir=str(models_dir), output=str(tmp_path / "a.json")
+        )
+    )
+    saved = sorted(p.name for p in models_dir.iterdir())
+    assert [name.split("_")[:2] for name in saved] == [["illrecnet", "seed0"], ["yardstick", "seed0"]]
+    assert "training illrecnet" in capsys.readouterr().err
+    # scoring one more regime later loads both models: same weights, same scores, no training
+    more = quality_main(
+        QualityHparams(
+            **TINY_QUALITY,
+            regimes=["lol", "camera"],
+            models_dir=str(models_dir),
+            output=str(tmp_path / "b.json"),
+        )
+    )
+    err = capsys.readouterr().err
+    assert "training" not in err and err.count("loaded ") == 2
+    for name in ("illrecnet", "yardstick"):
+        before, after = first["runs"][0]["models"][name], more["runs"][0]["models"][name]
+        assert after["regimes"]["lol"]["per_image"] == before["regimes"]["lol"]["per_image"]
+        assert after["final_l1"] == before["final_l1"] and after["train_s"] == before["train_s"]
+        assert list(after["regimes"]) == ["lol", "camera"]
+    # anything that changes the training (a model flag, the training regimes) trains a new model
+    quality_main(
+        QualityHparams(
+            **(TINY_QUALITY | {"embed_dim": 4}),
+            models=["illrecnet"],
+            regimes=["lol"],
+            models_dir=str(models_dir),
+            output=str(tmp_path / "c.json"),
+        )
+    )
+    assert "training illrecnet" in capsys.readouterr().err and len(list(models_dir.iterdir())) == 3
+    # a damaged file is named, not silently retrained over
+    damaged = models_dir / saved[1]
+    damaged.write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match=f"{damaged.name}: not a readable tools.quality model"):
+        quality_main(QualityHparams(**TINY_QUALITY, regimes=["lol"], models_dir=str(models_dir)))
+
+
 def test_gain_interval_over_seeds():
     # the ten per-seed gains of the README's width-32 model (CPU): mean +3.37, 95 % interval 2.99 to 3.76
     gains = [3.47, 2.85, 3.30, 4.32, 2.86, 3.05, 3.01, 3.43, 4.29, 3.15]

@@ -38,6 +38,9 @@ configuration.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
 import sys
 import time
@@ -51,8 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tools import check_device, publish
-from utils.hparams import ModelHparams
-from utils.utils import parse_hparams
+from utils.hparams import ModelHparams, field_names
+from utils.utils import atomic_write_bytes, parse_hparams
 
 PSNR_MARGIN_DB = {"default": 3.8, "mild": 3.0, "lol": 3.0, "extreme": 3.5}
 """Per regime, IllRecNet should end at least this many dB above the yardstick (and with a higher
@@ -107,6 +110,12 @@ class QualityHparams(ModelHparams):
     """Which models to train: illrecnet, yardstick or both."""
     output: str = "runs/quality/quality.json"
     """JSON results (written atomically)."""
+    models_dir: str | None = None
+    """Folder for the trained models: each model of each seed is saved there once trained
+    (``<model>_seed<N>_<key>.pt``: weights and training statistics; ``key`` hashes everything that
+    decides the training, :func:`training_key`), and a run that finds its file loads it instead of
+    training again: scoring more ``--regimes`` later, or finishing a run stopped midway, retrains
+    nothing. null: nothing is saved."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -355,19 +364,53 @@ def markdown(results: dict) -> str:
     return "\n".join(text) + "\n"
 
 
+def training_key(hp: QualityHparams, name: str, seed: int) -> str:
+    """A short hash of what decides how model ``name`` trains at ``seed``: the recipe, the training
+    regimes and photos, and (for IllRecNet) every model flag; not the held-out set or the device."""
+    recipe = {key: getattr(hp, key) for key in ("steps", "batch_size", "image_size", "lr", "train_regimes")}
+    recipe |= {"train_dir": [str(Path(d).resolve()) for d in hp.train_dir], "model": name, "seed": seed}
+    if name == "illrecnet":
+        recipe |= {key: getattr(hp, key) for key in field_names(ModelHparams)}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def trained_model(
+    hp: QualityHparams, photos: list[np.ndarray], name: str, seed: int
+) -> tuple[nn.Module, dict]:
+    """Model ``name`` trained from ``seed`` with the recipe, and its training statistics; loaded from
+    ``hp.models_dir`` when an earlier run saved it there, else trained (and then saved there)."""
+    torch.manual_seed(seed)
+    model = build_model(name, hp).to(hp.device)
+    saved = Path(hp.models_dir or ".") / f"{name}_seed{seed}_{training_key(hp, name, seed)}.pt"
+    if hp.models_dir and saved.is_file():
+        try:
+            state = torch.load(saved, map_location=hp.device, weights_only=True)
+            model.load_state_dict(state["weights"])
+        except Exception as error:  # a damaged file: say which, instead of retraining silently
+            problem = f"{saved}: not a readable tools.quality model ({error}); delete it to retrain"
+            raise RuntimeError(problem) from error
+        print(f"loaded {name} (seed {seed}) from {saved}", file=sys.stderr)
+        return model, state["stats"]
+    data = SyntheticPairs(photos, hp.image_size, hp.batch_size, seed, tuple(hp.train_regimes))
+    print(f"training {name} (seed {seed}) ...", file=sys.stderr)
+    stats = train(model, data, hp.steps, hp.lr)
+    if hp.models_dir:
+        buffer = io.BytesIO()
+        torch.save({"weights": model.state_dict(), "stats": stats}, buffer)
+        atomic_write_bytes(saved, buffer.getvalue())
+        print(f"saved {name} (seed {seed}) to {saved}", file=sys.stderr)
+    return model, stats
+
+
 def run_seed(
     hp: QualityHparams, photos: list[np.ndarray], references: dict[str, np.ndarray], seed: int
 ) -> dict:
-    """Train and score every model of ``hp.models`` from ``seed``; same batches for each model."""
+    """Train (or load) and score every model of ``hp.models`` from ``seed``; same batches for each."""
     draws = 2 if hp.holdout_dir is None else 1
     pairs = holdout_pairs(seed, references, hp.regimes, draws)
     run: dict = {"seed": seed, "dark_input": evaluate_regimes(None, pairs), "models": {}}
     for name in hp.models:
-        torch.manual_seed(seed)
-        model = build_model(name, hp).to(hp.device)
-        data = SyntheticPairs(photos, hp.image_size, hp.batch_size, seed, tuple(hp.train_regimes))
-        print(f"training {name} (seed {seed}) ...", file=sys.stderr)
-        stats = train(model, data, hp.steps, hp.lr)
+        model, stats = trained_model(hp, photos, name, seed)
         run["models"][name] = {"params": sum(p.numel() for p in model.parameters()), **stats}
         run["models"][name] |= evaluate_regimes(model, pairs)
     return run
