@@ -448,3 +448,45 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
     tiles = TileHparams(tile=160, tile_overlap=64, max_pixels=10**9)
     tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
     assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
+
+
+def test_convolutional_full_resolution_stage_is_its_own_architecture(tmp_path):
+    """full_res_block conv swaps the full-resolution transformer block for a residual pair of 3x3
+    convolutions: its checkpoints rebuild it, a full_res_dim checkpoint from before the option loads
+    with the transformer block, and tiling still reproduces the whole image (the convolutions are
+    local, so the overlap covers them)."""
+    from engine.enhance import Enhance, enhance_one
+    from model.blocks.enhancer import ResidualConv
+    from model.model import load_checkpoint
+    from utils.hparams import TileHparams
+
+    torch.manual_seed(0)
+    conv = LowLightEnhancerLightning(tiny_model(full_res_dim=8, full_res_block="conv")).eval()
+    attention = LowLightEnhancerLightning(tiny_model(full_res_dim=8)).eval()
+    assert isinstance(conv.model.decoder.full_block, ResidualConv)
+    assert not isinstance(attention.model.decoder.full_block, ResidualConv)
+    version = {"pytorch-lightning_version": L.__version__}
+    torch.save(
+        {"state_dict": conv.state_dict(), "hyper_parameters": dict(conv.hparams), **version},
+        tmp_path / "c.ckpt",
+    )
+    older = {k: v for k, v in attention.hparams.items() if k != "full_res_block"}
+    torch.save(
+        {"state_dict": attention.state_dict(), "hyper_parameters": older, **version}, tmp_path / "a.ckpt"
+    )
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert load_checkpoint(tmp_path / "c.ckpt").hparams.full_res_block == "conv"
+        torch.testing.assert_close(load_checkpoint(tmp_path / "c.ckpt")(x), conv(x))
+        assert load_checkpoint(tmp_path / "a.ckpt").hparams.full_res_block == "transformer"
+        torch.testing.assert_close(load_checkpoint(tmp_path / "a.ckpt")(x), attention(x))
+    with pytest.raises(ValueError, match="full_res_block"):
+        tiny_model(full_res_dim=8, full_res_block="dense")
+
+    image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
+    enhance = Enhance(conv.model, torch.device("cpu"), self_ensemble=False)
+    whole = enhance(image).clamp(0, 1)
+    tiles = TileHparams(tile=128, tile_overlap=48, max_pixels=10**9)
+    full_size = lambda x, pixels: enhance.whole_image_attention(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
+    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
+    assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0

@@ -120,13 +120,21 @@ class ModelHparams(HparamGroup):
 
     full_res_dim: int = 0
     """Width of a full-resolution stage in the decoder (0: none): the image embedded at full
-    resolution, fused with the head's features and refined by one transformer block before the
+    resolution, fused with the head's features and refined by ``full_res_block`` before the
     output convolution. Checkpoints from before this option load with it 0."""
+    full_res_block: Literal["transformer", "conv"] = "transformer"
+    """What refines the full-resolution stage (with ``full_res_dim`` > 0): one transformer block
+    (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
+    noise it removes. Checkpoints from before this option load with ``transformer``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
+        _check(
+            self.full_res_block in ("transformer", "conv"),
+            f"full_res_block must be transformer or conv, got {self.full_res_block!r}",
+        )
         _check(
             self.kernel_size >= 1 and self.kernel_size % 2 == 1,
             f"kernel_size must be a positive odd number, got {self.kernel_size}",
@@ -141,7 +149,12 @@ class ModelHparams(HparamGroup):
         _check(0 <= self.dropout_ratio < 1, f"dropout_ratio must be in [0, 1), got {self.dropout_ratio}")
 
 
-LEGACY_DEFAULTS = {"sqrt_input": False, "standardize_inputs": False, "full_res_dim": 0}
+LEGACY_DEFAULTS = {
+    "sqrt_input": False,
+    "standardize_inputs": False,
+    "full_res_dim": 0,
+    "full_res_block": "transformer",
+}
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in
 after the first checkpoints)."""

@@ -18,7 +18,8 @@ standardises its input with the fixed constants of ``INPUT_STATS``.
 With ``full_res_dim`` > 0 the decoder also works at full resolution, where the noise of a dark photo
 lives: a 3x3 convolution embeds the image (and its square root) into ``full_res_dim`` channels at
 full resolution, a 1x1 convolution fuses them with the head's features, and one transformer block
-(channel self-attention, linear in pixels) refines them before the output convolution.
+(channel self-attention, linear in pixels) or, with ``full_res_block`` ``conv``, a residual pair of
+3x3 convolutions refines them before the output convolution.
 
 All attention is channel attention (:mod:`model.blocks.attention`), so cost is linear in the
 number of pixels. Features live at half resolution (a patch embedding equal to pixel-unshuffle + conv) and the
@@ -99,6 +100,18 @@ class Encoder(nn.Module):
         return self.fuse(torch.cat((refl_ctx, illum_ctx), dim=1))
 
 
+class ResidualConv(nn.Module):
+    """``x + conv3x3(gelu(conv3x3(x)))`` at constant width: local refinement at full resolution."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.gelu(self.conv1(x)))
+
+
 class Decoder(nn.Module):
     """U-Net over the image that cross-attends to the context at every resolution.
 
@@ -134,7 +147,10 @@ class Decoder(nn.Module):
         if full_res_dim:
             self.full_embed = nn.Conv2d(len(inputs) * c, full_res_dim, kernel_size=3, padding=1)
             self.full_fuse = nn.Conv2d(HEAD_CHANNELS + full_res_dim, full_res_dim, kernel_size=1)
-            self.full_block = TransformerBlock(full_res_dim, 1, **kw)
+            if hp.full_res_block == "conv":
+                self.full_block = ResidualConv(full_res_dim)
+            else:
+                self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
         nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
 
