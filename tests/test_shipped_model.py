@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.model import ARCHITECTURE, STARTER_MODEL, load_checkpoint, resolve_checkpoint
-from utils.hparams import LEGACY_DEFAULTS, ModelHparams
+from model.model import ARCHITECTURE, STARTER_MODEL, load_checkpoint, read_checkpoint, resolve_checkpoint
+from utils.hparams import ModelHparams
 from utils.utils import sha256_of
 
 MAX_BYTES = 10 * 2**20
@@ -23,10 +23,9 @@ def test_the_shipped_file_is_small_weights_only_and_matches_its_recorded_sha256(
 
 
 def test_the_shipped_model_is_the_default_architecture_the_readme_describes() -> None:
-    saved = torch.load(STARTER_MODEL, map_location="cpu", weights_only=True)["hyper_parameters"]
-    resolved = LEGACY_DEFAULTS | saved  # fields newer than the file: as load_checkpoint reads them
+    saved = read_checkpoint(STARTER_MODEL)["hyper_parameters"]  # fields newer than the file: legacy values
     defaults = ModelHparams()
-    assert {k: resolved[k] for k in ARCHITECTURE} == {k: getattr(defaults, k) for k in ARCHITECTURE}
+    assert {k: saved[k] for k in ARCHITECTURE} == {k: getattr(defaults, k) for k in ARCHITECTURE}
 
 
 def test_no_checkpoint_path_loads_the_shipped_model_and_it_brightens_a_dark_photo() -> None:

@@ -381,8 +381,10 @@ def trained_model(
     ``hp.models_dir`` when an earlier run saved it there, else trained (and then saved there)."""
     torch.manual_seed(seed)
     model = build_model(name, hp).to(hp.device)
-    saved = Path(hp.models_dir or ".") / f"{name}_seed{seed}_{training_key(hp, name, seed)}.pt"
-    if hp.models_dir and saved.is_file():
+    saved = None
+    if hp.models_dir:
+        saved = Path(hp.models_dir) / f"{name}_seed{seed}_{training_key(hp, name, seed)}.pt"
+    if saved is not None and saved.is_file():
         try:
             state = torch.load(saved, map_location=hp.device, weights_only=True)
             model.load_state_dict(state["weights"])
@@ -394,7 +396,7 @@ def trained_model(
     data = SyntheticPairs(photos, hp.image_size, hp.batch_size, seed, tuple(hp.train_regimes))
     print(f"training {name} (seed {seed}) ...", file=sys.stderr)
     stats = train(model, data, hp.steps, hp.lr)
-    if hp.models_dir:
+    if saved is not None:
         buffer = io.BytesIO()
         torch.save({"weights": model.state_dict(), "stats": stats}, buffer)
         atomic_write_bytes(saved, buffer.getvalue())

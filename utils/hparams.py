@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 from utils.tiling import MIN_TILE
 
+FullResBlock = Literal["transformer", "conv"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 """torch.compile's modes (``torch._inductor.list_mode_options``)."""
 
@@ -122,7 +123,7 @@ class ModelHparams(HparamGroup):
     """Width of a full-resolution stage in the decoder (0: none): the image embedded at full
     resolution, fused with the head's features and refined by ``full_res_block`` before the
     output convolution. Checkpoints from before this option load with it 0."""
-    full_res_block: Literal["transformer", "conv"] = "transformer"
+    full_res_block: FullResBlock = "transformer"
     """What refines the full-resolution stage (with ``full_res_dim`` > 0): one transformer block
     (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
     noise it removes. Checkpoints from before this option load with ``transformer``."""
@@ -132,8 +133,8 @@ class ModelHparams(HparamGroup):
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
-            self.full_res_block in ("transformer", "conv"),
-            f"full_res_block must be transformer or conv, got {self.full_res_block!r}",
+            self.full_res_block in get_args(FullResBlock),
+            f"full_res_block must be one of {get_args(FullResBlock)}, got {self.full_res_block!r}",
         )
         _check(
             self.kernel_size >= 1 and self.kernel_size % 2 == 1,
