@@ -1,5 +1,5 @@
 """The model on one image: :class:`Enhance` (device, autocast, self-ensemble views, whole-image
-attention shared by tiles) and :func:`enhance_one` (whole or tiled, view by view).
+statistics shared by tiles) and :func:`enhance_one` (whole or tiled, view by view).
 
 bench, infer, the method comparison and the model card all enhance images through this module;
 it knows nothing of files, scores or run folders.
@@ -15,6 +15,7 @@ import torch
 from data.utils import DataError
 from model.blocks.attention import ChannelAttention, fixed_attention, record_attention
 from model.blocks.enhancer import Enhancer
+from model.blocks.exposure import ExposureCurve, fixed_exposure
 from utils.hparams import TileHparams
 from utils.tiling import enhance_image, is_out_of_memory
 
@@ -54,6 +55,7 @@ class Enhance:
         self.self_ensemble = self_ensemble
         self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
         self._shared: dict | None = None  # {attention layer: matrix} of the whole image, while tiling
+        self._shared_mean: torch.Tensor | None = None  # the whole image's mean level, while tiling
         self.stride = max((m.stride for m in model.modules() if isinstance(m, Enhancer)), default=1)
         """The model's total downsampling factor: tiles start on multiples of it, so each tile is
         sampled on the same grid as the whole image."""
@@ -65,7 +67,7 @@ class Enhance:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._shared is not None and self.self_ensemble:
-            raise RuntimeError("whole_image_attention holds one view's matrices; tile with run(), per view")
+            raise RuntimeError("whole_image_statistics holds one view's matrices; tile with run(), per view")
         out = sum(from_view(self.run(to_view(x, view)), view) for view in self.views)
         return out / len(self.views)
 
@@ -80,35 +82,39 @@ class Enhance:
         ):
             if self._shared is None:
                 return self.model(x).float()
-            with fixed_attention(self.model, self._shared):
+            with fixed_attention(self.model, self._shared), fixed_exposure(self.model, self._shared_mean):
                 return self.model(x).float()
 
     @contextmanager
-    def whole_image_attention(self, x: torch.Tensor, pixels: int) -> Iterator[None]:
-        """Inside the block, :meth:`run` uses the channel-attention matrices of the whole image ``x``
-        (shrunk with an area filter to at most ``pixels`` pixels first, so this costs no more
-        memory than one tile), not those of its own input.
+    def whole_image_statistics(self, x: torch.Tensor, pixels: int) -> Iterator[None]:
+        """Inside the block, :meth:`run` uses the global statistics of the whole image ``x``, not
+        those of its own input: the mean level of the exposure curve (if the model has one), and
+        the channel-attention matrices (of ``x`` shrunk with an area filter to at most ``pixels``
+        pixels first, so this costs no more memory than one tile).
 
-        Tiled inference runs its tiles inside: channel attention is the enhancer's only global
-        operation, so every tile then sees the same global statistics and no tile comes out brighter
-        or darker than its neighbours. A model without channel attention is left as it is.
+        Tiled inference runs its tiles inside: these are the enhancer's only global operations, so
+        every tile then sees the same statistics and no tile comes out brighter or darker than its
+        neighbours. A model with neither is left as it is.
         """
-        if not any(isinstance(m, ChannelAttention) for m in self.model.modules()):
+        if not any(isinstance(m, ChannelAttention | ExposureCurve) for m in self.model.modules()):
             yield
             return
+        # one pass over the full-size image (no float copy of it), on the model's device
+        mean = x.mean(dim=(1, 2, 3), keepdim=True, dtype=torch.float32).to(self.device)
         height, width = x.shape[-2:]
         scale = min(1.0, math.sqrt(pixels / (height * width)))
         guide = x.float()
         if scale < 1.0:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             guide = torch.nn.functional.interpolate(guide, size=size, mode="area")
-        with record_attention(self.model) as records:
+        with fixed_exposure(self.model, mean), record_attention(self.model) as records:
             self.run(guide)
         self._shared = {layer: weights[0] for layer, weights in records.items()}
+        self._shared_mean = mean
         try:
             yield
         finally:
-            self._shared = None
+            self._shared, self._shared_mean = None, None
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -129,7 +135,7 @@ def enhance_one(
     each self-ensemble view on its own: the view of the whole image is tiled (tile origins on the
     network's grid, attention shared from that view of the whole image) and turned back, so tiles
     reproduce the whole image for every view and every size. ``shared_context`` defaults to
-    :meth:`Enhance.whole_image_attention`. Returns the output and the last view's tiling info."""
+    :meth:`Enhance.whole_image_statistics`. Returns the output and the last view's tiling info."""
     out, info = None, {}
     for view in enhance.views:
         y, info = enhance_image(
@@ -138,7 +144,7 @@ def enhance_one(
             tile=tiles.tile,
             overlap=tiles.tile_overlap,
             max_pixels=tiles.max_pixels,
-            shared_context=shared_context or enhance.whole_image_attention,
+            shared_context=shared_context or enhance.whole_image_statistics,
             align=enhance.stride,
         )
         y = from_view(y, view)

@@ -57,6 +57,7 @@ ARCHITECTURE = (
     "standardize_inputs",
     "full_res_dim",
     "full_res_block",
+    "exposure_level",
 )
 """Hyper-parameters that define the network (its weights' layout, or what it computes with them, like the
 input standardisation): a checkpoint only fits a model with the same values."""

@@ -224,11 +224,11 @@ def test_learns_one_pair():
     # test nothing the odd size does not (each view on its own grid)
     [(False, (256, 256)), (False, (150, 227)), (True, (150, 227))],
 )
-def test_tiles_share_the_whole_image_attention(self_ensemble, size):
+def test_tiles_share_the_whole_image_statistics(self_ensemble, size):
     """Channel attention is the enhancer's only global operation. Tiles that each compute it from
     their own pixels only approximate the whole image (a trained checkpoint shifts a tile's
     brightness; README), so bench/infer give every tile the attention matrices of the whole image
-    (``Enhance.whole_image_attention``), one set per self-ensemble view. With the matrices of the
+    (``Enhance.whole_image_statistics``), one set per self-ensemble view. With the matrices of the
     full-size image the tiles reproduce the whole-image output to rounding error (measured 109-114 dB
     without / 121 dB with self-ensemble); from a copy shrunk to one tile's pixels, 56-61 / 65 dB
     against 30-47 / 43 dB for tiles on their own.
@@ -252,7 +252,7 @@ def test_tiles_share_the_whole_image_attention(self_ensemble, size):
     tiles = TileHparams(tile=160, tile_overlap=64, max_pixels=10**9)
 
     def full_size(x, pixels):
-        return enhance.whole_image_attention(x, pixels=x.shape[-2] * x.shape[-1])
+        return enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])
 
     exact, info = enhance_one(enhance, image, tiles, shared_context=full_size)
     assert info["mode"] == "tiled"
@@ -443,7 +443,7 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
     whole = enhance(image).clamp(0, 1)
 
     def full_size(x, pixels):
-        return enhance.whole_image_attention(x, pixels=x.shape[-2] * x.shape[-1])
+        return enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])
 
     tiles = TileHparams(tile=160, tile_overlap=64, max_pixels=10**9)
     tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
@@ -487,6 +487,70 @@ def test_convolutional_full_resolution_stage_is_its_own_architecture(tmp_path):
     enhance = Enhance(conv.model, torch.device("cpu"), self_ensemble=False)
     whole = enhance(image).clamp(0, 1)
     tiles = TileHparams(tile=128, tile_overlap=48, max_pixels=10**9)
-    full_size = lambda x, pixels: enhance.whole_image_attention(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
+    full_size = lambda x, pixels: enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
     tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
     assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
+
+
+def test_exposure_curve_brightens_dark_images_to_one_level_and_keeps_range():
+    """exposure_level: the curve maps [0, 1] onto [0, 1] (black stays black, white stays white, a
+    lamp in a dark photo is not pushed past 1), leaves an image brighter than the level as it is,
+    and brings the same scene at exposures a factor of four apart to about the same brightness: the
+    network behind it no longer has to learn each photo's gain."""
+    from model.blocks.exposure import ExposureCurve
+
+    curve = ExposureCurve(0.4)
+    ramp = torch.linspace(0, 1, 101).view(1, 1, 1, -1).expand(1, 3, 4, 101)
+    dark = torch.cat([ramp * 0.02, ramp[..., :10]], dim=-1)  # mostly dark, with a bright "lamp"
+    with torch.no_grad():
+        out = curve(dark)
+        assert out.min() >= 0 and out.max() <= 1 + 1e-6
+        assert (out.diff(dim=-1)[..., :100] >= 0).all()  # monotone along the dark ramp
+        bright = 0.5 + 0.5 * ramp
+        torch.testing.assert_close(curve(bright), bright, atol=1e-4, rtol=0)
+        scene = 0.5 + 0.4 * torch.sin(torch.linspace(0, 20, 64 * 64)).view(1, 1, 64, 64).expand(1, 3, 64, 64)
+        means = [curve(scene * exposure).mean().item() for exposure in (0.01, 0.04)]
+    assert means[1] / means[0] < 1.3, means  # the raw means differ by 4x
+    assert 0.2 < means[0] < 0.45
+
+
+def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):
+    """A checkpoint with exposure_level rebuilds the curve (its learned level included); one from
+    before the option loads without it. Tiles share the whole image's mean level: a tile of a dark
+    image with one bright region would otherwise get its own gain and come out visibly darker or
+    brighter than its neighbours."""
+    from engine.enhance import Enhance, enhance_one
+    from model.model import load_checkpoint
+    from utils.hparams import TileHparams
+    from utils.tiling import enhance_tiled
+
+    torch.manual_seed(0)
+    curved = LowLightEnhancerLightning(tiny_model(exposure_level=0.4)).eval()
+    curved.model.exposure.log_level.data.fill_(math.log(0.35))  # as if trained
+    plain = LowLightEnhancerLightning(tiny_model()).eval()
+    assert plain.model.exposure is None
+    version = {"pytorch-lightning_version": L.__version__}
+    torch.save(
+        {"state_dict": curved.state_dict(), "hyper_parameters": dict(curved.hparams), **version},
+        tmp_path / "c.ckpt",
+    )
+    older = {k: v for k, v in plain.hparams.items() if k != "exposure_level"}
+    torch.save({"state_dict": plain.state_dict(), "hyper_parameters": older, **version}, tmp_path / "p.ckpt")
+    x = 0.1 * torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(tmp_path / "c.ckpt")(x), curved(x))
+        assert load_checkpoint(tmp_path / "p.ckpt").hparams.exposure_level == 0.0
+        torch.testing.assert_close(load_checkpoint(tmp_path / "p.ckpt")(x), plain(x))
+    with pytest.raises(ValueError, match="exposure_level"):
+        tiny_model(exposure_level=1.5)
+
+    image = 0.03 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
+    image[..., :80, :100] += 0.6  # a bright region in one corner: tiles' own means differ a lot
+    enhance = Enhance(curved.model, torch.device("cpu"), self_ensemble=False)
+    whole = enhance(image).clamp(0, 1)
+    tiles = TileHparams(tile=128, tile_overlap=48, max_pixels=10**9)
+    full_size = lambda x, pixels: enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
+    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
+    assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
+    assert _psnr(enhance_tiled(enhance.run, image, 128, 48, align=enhance.stride), whole) < 40.0
+    assert curved.model.exposure.fixed_mean is None  # released after the image

@@ -226,7 +226,7 @@ def test_quality_reuses_saved_models_instead_of_retraining(tmp_path, capsys):
             **TINY_QUALITY, regimes=["lol"], models_dir=str(models_dir), output=str(tmp_path / "a.json")
         )
     )
-    saved = sorted(p.name for p in models_dir.iterdir())
+    saved = sorted(p.name for p in models_dir.glob("*.pt"))
     assert [name.split("_")[:2] for name in saved] == [["illrecnet", "seed0"], ["yardstick", "seed0"]]
     assert "training illrecnet" in capsys.readouterr().err
     # scoring one more regime later loads both models: same weights, same scores, no training
@@ -245,6 +245,27 @@ def test_quality_reuses_saved_models_instead_of_retraining(tmp_path, capsys):
         assert after["regimes"]["lol"]["per_image"] == before["regimes"]["lol"]["per_image"]
         assert after["final_l1"] == before["final_l1"] and after["train_s"] == before["train_s"]
         assert list(after["regimes"]) == ["lol", "camera"]
+    # ... and reads the scores of the regime it already scored: one more regime, scored anew
+    scores = sorted(
+        p.name.split("_seed")[0] + "/" + p.name.split("_")[-2] for p in (models_dir / "scores").iterdir()
+    )
+    assert len(scores) == 6 and scores.count("dark/lol") == 1 and scores.count("dark/camera") == 1
+    lol_file = next((models_dir / "scores").glob("dark_seed0_lol_*.json"))
+    lol_file.write_text(lol_file.read_text().replace('"psnr": ', '"psnr": 1', 1))  # as if edited by hand
+    again = quality_main(
+        QualityHparams(
+            **TINY_QUALITY, regimes=["lol"], models_dir=str(models_dir), output=str(tmp_path / "d.json")
+        )
+    )
+    assert again["runs"][0]["dark_input"]["regimes"]["lol"]["psnr"] != first["runs"][0]["dark_input"]["psnr"]
+    assert (
+        again["runs"][0]["models"]["illrecnet"]["regimes"]
+        == first["runs"][0]["models"]["illrecnet"]["regimes"]
+    )
+    lol_file.write_text("{")  # damaged: named, not silently rescored
+    with pytest.raises(RuntimeError, match=f"{lol_file.name}: not readable tools.quality scores"):
+        quality_main(QualityHparams(**TINY_QUALITY, regimes=["lol"], models_dir=str(models_dir)))
+    lol_file.unlink()
     # anything that changes the training (a model flag, the training regimes) trains a new model
     quality_main(
         QualityHparams(
@@ -255,7 +276,7 @@ def test_quality_reuses_saved_models_instead_of_retraining(tmp_path, capsys):
             output=str(tmp_path / "c.json"),
         )
     )
-    assert "training illrecnet" in capsys.readouterr().err and len(list(models_dir.iterdir())) == 3
+    assert "training illrecnet" in capsys.readouterr().err and len(list(models_dir.glob("*.pt"))) == 3
     # a damaged file is named, not silently retrained over
     damaged = models_dir / saved[1]
     damaged.write_bytes(b"not a model")

@@ -115,7 +115,9 @@ class QualityHparams(ModelHparams):
     (``<model>_seed<N>_<key>.pt``: weights and training statistics; ``key`` hashes everything that
     decides the training, :func:`training_key`), and a run that finds its file loads it instead of
     training again: scoring more ``--regimes`` later, or finishing a run stopped midway, retrains
-    nothing. null: nothing is saved."""
+    nothing. The held-out scores of each model and of the dark input are kept under ``scores/``
+    the same way, so a table over seeds run in separate processes is one more run that only reads
+    files. null: nothing is saved."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -304,9 +306,28 @@ def evaluate(model: nn.Module | None, pairs: Pairs) -> dict:
     return {**means, "per_image": per_image}
 
 
-def evaluate_regimes(model: nn.Module | None, by_regime: dict[str, Pairs]) -> dict:
-    """:func:`evaluate` per regime (``regimes``) and the means of its scores over the regimes."""
-    regimes = {regime: evaluate(model, pairs) for regime, pairs in by_regime.items()}
+def evaluate_regimes(
+    model: nn.Module | None, by_regime: dict[str, Pairs], saved: dict[str, Path] | None = None
+) -> dict:
+    """:func:`evaluate` per regime (``regimes``) and the means of its scores over the regimes.
+
+    With ``saved`` (``{regime: JSON file}``, :func:`score_files`), a regime whose file exists is read
+    from it instead of scored again, and a regime scored here is written there (atomically)."""
+    regimes = {}
+    for regime, pairs in by_regime.items():
+        path = saved[regime] if saved else None
+        if path is not None and path.is_file():
+            try:
+                regimes[regime] = json.loads(path.read_text())
+                assert set(SCORES) <= set(regimes[regime]) and regimes[regime]["per_image"]
+            except Exception as error:
+                raise RuntimeError(
+                    f"{path}: not readable tools.quality scores ({error}); delete it"
+                ) from error
+            continue
+        regimes[regime] = evaluate(model, pairs)
+        if path is not None:
+            atomic_write_bytes(path, json.dumps(regimes[regime]).encode())
     means = {key: float(np.mean([r[key] for r in regimes.values()])) for key in SCORES}
     return {**means, "regimes": regimes}
 
@@ -374,6 +395,21 @@ def training_key(hp: QualityHparams, name: str, seed: int) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def score_files(hp: QualityHparams, label: str, seed: int, draws: int) -> dict[str, Path] | None:
+    """Where the held-out scores of ``label`` (``dark`` or ``<model>_<training key>``) from ``seed``
+    are kept, per regime, under ``hp.models_dir/scores`` (None without a models_dir); the file name
+    hashes what decides the held-out pairs (photos folder, size, draws, seed, regime)."""
+    if not hp.models_dir:
+        return None
+    holdout = str(Path(hp.holdout_dir).resolve()) if hp.holdout_dir else None
+    files = {}
+    for regime in hp.regimes:
+        pairs = {"holdout_dir": holdout, "max_side": hp.holdout_max_side, "draws": draws, "seed": seed}
+        key = hashlib.sha256(json.dumps(pairs | {"regime": regime}, sort_keys=True).encode()).hexdigest()
+        files[regime] = Path(hp.models_dir) / "scores" / f"{label}_seed{seed}_{regime}_{key[:12]}.json"
+    return files
+
+
 def trained_model(
     hp: QualityHparams, photos: list[np.ndarray], name: str, seed: int
 ) -> tuple[nn.Module, dict]:
@@ -410,11 +446,13 @@ def run_seed(
     """Train (or load) and score every model of ``hp.models`` from ``seed``; same batches for each."""
     draws = 2 if hp.holdout_dir is None else 1
     pairs = holdout_pairs(seed, references, hp.regimes, draws)
-    run: dict = {"seed": seed, "dark_input": evaluate_regimes(None, pairs), "models": {}}
+    dark = evaluate_regimes(None, pairs, score_files(hp, "dark", seed, draws))
+    run: dict = {"seed": seed, "dark_input": dark, "models": {}}
     for name in hp.models:
         model, stats = trained_model(hp, photos, name, seed)
         run["models"][name] = {"params": sum(p.numel() for p in model.parameters()), **stats}
-        run["models"][name] |= evaluate_regimes(model, pairs)
+        saved = score_files(hp, f"{name}_{training_key(hp, name, seed)}", seed, draws)
+        run["models"][name] |= evaluate_regimes(model, pairs, saved)
     return run
 
 

@@ -128,8 +128,15 @@ class ModelHparams(HparamGroup):
     (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
     noise it removes. Checkpoints from before this option load with ``transformer``."""
 
+    exposure_level: float = 0.0
+    """With a value in (0, 1): the image first goes through a global tone curve that brightens its
+    shadows so its mean is about this level (learned from here; ``model/blocks/exposure.py``), and
+    the network predicts a residual on that. 0: the network works on the dark image itself.
+    Checkpoints from before this option load with it 0."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(0 <= self.exposure_level < 1, f"exposure_level must be in [0, 1), got {self.exposure_level}")
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
@@ -155,6 +162,7 @@ LEGACY_DEFAULTS = {
     "standardize_inputs": False,
     "full_res_dim": 0,
     "full_res_block": "transformer",
+    "exposure_level": 0.0,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

@@ -13,7 +13,7 @@ convolutions), the tiled result equals the whole-image result when `r <= overlap
 with a global receptive field (attention over the whole image, global pooling) only approximate the
 whole-image result unless their global statistics are computed once for the whole image and shared
 by the tiles: `enhance_image`'s `shared_context` does that (for IllRecNet,
-`engine.enhance.Enhance.whole_image_attention`).
+`engine.enhance.Enhance.whole_image_statistics`).
 
 The output is accumulated in place on the input's device: pass a CPU tensor for a huge image and let
 `fn` move each tile to the model's device. Any exception raised by `fn` propagates; no tile is skipped.
@@ -146,7 +146,7 @@ def enhance_image(
     info = {"mode": "whole" | "tiled", "tile": int | None, "overlap": int, "retries": int}.
 
     ``shared_context(x, pixels)``, when given, is entered around each tiled attempt with the whole
-    image and the tile's pixel count (e.g. ``Enhance.whole_image_attention``, which gives every tile
+    image and the tile's pixel count (e.g. ``Enhance.whole_image_statistics``, which gives every tile
     the global statistics of the whole image); an out-of-memory error inside it is retried like one
     in a tile. ``align`` is passed to `enhance_tiled` (tile origins on the network's sampling grid).
     """

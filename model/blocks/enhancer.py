@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.blocks.attention import TransformerBlock
+from model.blocks.exposure import ExposureCurve
 from model.blocks.sampling import Downsample, PatchEmbed, PatchUnembed, Upsample, crop_to, pad_to_multiple
 from model.blocks.separation import Separation
 from utils.hparams import ModelHparams
@@ -152,7 +153,8 @@ class Decoder(nn.Module):
             else:
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
-        nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
+        # the exposure curve already brightens: no offset then
+        nn.init.constant_(self.out.bias, 0.0 if hp.exposure_level else OUTPUT_BIAS_INIT)
 
     def forward(self, image: Tensor, context: Tensor) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``."""
@@ -192,10 +194,13 @@ class Enhancer(nn.Module):
         self.separation = Separation(hp.channels, hp.kernel_size, hp.sigma, trainable=trainable_separation)
         self.encoder = Encoder(hp)
         self.decoder = Decoder(hp)
+        self.exposure = ExposureCurve(hp.exposure_level) if hp.exposure_level else None
 
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the
         illumination and reflectance maps (same shape) for inspection."""
+        if self.exposure is not None:
+            x = self.exposure(x)
         padded, size = pad_to_multiple(x, self.stride)
         illumination, reflectance = self.separation(padded)  # fp32, NCHW whatever the input layout
         context = self.encoder(channels_last(illumination), channels_last(reflectance))
