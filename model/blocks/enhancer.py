@@ -153,16 +153,17 @@ class Decoder(nn.Module):
             else:
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
-        # the exposure curve already brightens: no offset then
-        nn.init.constant_(self.out.bias, 0.0 if hp.exposure_level else OUTPUT_BIAS_INIT)
+        nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
 
-    def forward(self, image: Tensor, context: Tensor) -> Tensor:
-        """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``."""
+    def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
+        """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``: a
+        residual on ``image``, predicted from ``source`` (same shape; default: ``image``)."""
         contexts = [context]
         for down in self.context_down:
             contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
+        source = image if source is None else source
         # with sqrt_input, a brightened copy (gamma 1/2) beside the image: dark values spread out
-        inputs = torch.cat((image, image.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else image
+        inputs = torch.cat((source, source.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else source
         x = self.embed(inputs)  # (B, D, H/2, W/2)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
@@ -199,12 +200,15 @@ class Enhancer(nn.Module):
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the
         illumination and reflectance maps (same shape) for inspection."""
-        if self.exposure is not None:
-            x = self.exposure(x)
         padded, size = pad_to_multiple(x, self.stride)
-        illumination, reflectance = self.separation(padded)  # fp32, NCHW whatever the input layout
+        # what the network sees: the image, or the image brought to one brightness by the curve
+        source = padded if self.exposure is None else pad_to_multiple(self.exposure(x), self.stride)[0]
+        illumination, reflectance = self.separation(source)  # fp32, NCHW whatever the input layout
         context = self.encoder(channels_last(illumination), channels_last(reflectance))
-        out = crop_to(self.decoder(channels_last(padded), context), size).contiguous()
+        out = self.decoder(
+            channels_last(padded), context, None if self.exposure is None else channels_last(source)
+        )
+        out = crop_to(out, size).contiguous()
         if return_maps:
             return out, crop_to(illumination, size), crop_to(reflectance, size)
         return out
