@@ -129,9 +129,9 @@ class ModelHparams(HparamGroup):
     noise it removes. Checkpoints from before this option load with ``transformer``."""
 
     exposure_level: float = 0.0
-    """With a value in (0, 1): the image first goes through a global tone curve that brightens its
-    shadows so its mean is about this level (learned from here; ``model/blocks/exposure.py``), and
-    the network predicts a residual on that. 0: the network works on the dark image itself.
+    """With a value in (0, 1): the network sees the image through a global tone curve that brightens
+    its shadows so its mean is about this level (learned from here; ``model/blocks/exposure.py``),
+    and predicts the residual on the dark image from that. 0: the network sees the dark image itself.
     Checkpoints from before this option load with it 0."""
 
     def __post_init__(self) -> None:

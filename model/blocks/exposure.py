@@ -7,10 +7,11 @@ over all pixels and channels: an image whose mean is ``m`` gets a gain of about 
 its shadows, and an image already brighter than ``level`` is left as it is. ``level`` is learned
 (its logarithm, from ``init_level``).
 
-The enhancer works on ``f_k(x)`` and predicts a residual on it, so the network no longer has to
-learn a gain that depends on the exposure of each photo (a factor of four within LOL-v1 alone, and
-more between datasets): whatever the exposure, its input has the same brightness, and what is left
-is noise, colour and local tone.
+Every part of the enhancer (separation, encoder, decoder) sees ``f_k(x)`` instead of ``x``: whatever
+the exposure of a photo (a factor of four within LOL-v1 alone, and more between datasets), the
+network's input has about the same brightness. The residual it predicts is still added to the dark
+image ``x``: added to ``f_k(x)`` it had to cancel that image's noise, amplified by the gain, pixel by
+pixel (docs/measurements.md).
 
 The mean is the module's only global statistic. Tiled inference gives every tile the whole image's
 mean through :func:`fixed_exposure` (as :func:`model.blocks.attention.fixed_attention` does for
