@@ -426,3 +426,24 @@ def test_compare_quality_cli_names_the_problem(tmp_path):
     assert not (tmp_path / "c.json").exists()
     proc = run("--variant", f"[{missing}]")
     assert proc.returncode != 0 and "--baseline is required" in proc.stderr
+
+
+def test_quality_model_keys_survive_a_new_model_flag(monkeypatch):
+    """A model flag added later, at its legacy value (the model as it was), leaves the training key
+    and so the file name of every model saved before it: those models still load instead of
+    training again. At any other value it is a different model, with its own key."""
+    import tools.quality as quality
+
+    hp = QualityHparams(train_regimes=["lol"], full_res_dim=32)
+    now = quality.training_key(hp, "illrecnet", 0)
+    fields = quality.field_names(quality.ModelHparams)
+    monkeypatch.setattr(quality, "field_names", lambda cls: [f for f in fields if f != "exposure_level"])
+    assert quality.training_key(hp, "illrecnet", 0) == now  # as keyed before exposure_level existed
+    monkeypatch.undo()
+    assert (
+        quality.training_key(
+            QualityHparams(train_regimes=["lol"], full_res_dim=32, exposure_level=0.4), "illrecnet", 0
+        )
+        != now
+    )
+    assert quality.training_key(hp, "illrecnet", 1) != now

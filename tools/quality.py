@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tools import check_device, publish
-from utils.hparams import ModelHparams, field_names
+from utils.hparams import LEGACY_DEFAULTS, ModelHparams, field_names
 from utils.utils import atomic_write_bytes, parse_hparams
 
 PSNR_MARGIN_DB = {"default": 3.8, "mild": 3.0, "lol": 3.0, "extreme": 3.5}
@@ -387,11 +387,15 @@ def markdown(results: dict) -> str:
 
 def training_key(hp: QualityHparams, name: str, seed: int) -> str:
     """A short hash of what decides how model ``name`` trains at ``seed``: the recipe, the training
-    regimes and photos, and (for IllRecNet) every model flag; not the held-out set or the device."""
+    regimes and photos, and (for IllRecNet) every model flag; not the held-out set or the device.
+    Model flags at their :data:`~utils.hparams.LEGACY_DEFAULTS` value (the model as it was before
+    the flag existed) are left out, so adding a flag keeps the keys of the models saved before."""
     recipe = {key: getattr(hp, key) for key in ("steps", "batch_size", "image_size", "lr", "train_regimes")}
     recipe |= {"train_dir": [str(Path(d).resolve()) for d in hp.train_dir], "model": name, "seed": seed}
     if name == "illrecnet":
-        recipe |= {key: getattr(hp, key) for key in field_names(ModelHparams)}
+        for key in field_names(ModelHparams):
+            if key not in LEGACY_DEFAULTS or getattr(hp, key) != LEGACY_DEFAULTS[key]:
+                recipe[key] = getattr(hp, key)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
