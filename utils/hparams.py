@@ -133,10 +133,18 @@ class ModelHparams(HparamGroup):
     its shadows so its mean is about this level (learned from here; ``model/blocks/exposure.py``),
     and predicts the residual on the dark image from that. 0: the network sees the dark image itself.
     Checkpoints from before this option load with it 0."""
+    exposure_exponent: float = 1.0
+    """Initial exponent of the exposure curve's gain, ``(level / mean) ** exponent`` (learned from
+    here): 1 brings every dark image to the same brightness, less narrows the spread of brightness
+    and keeps a darker input darker (``model/blocks/exposure.py``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0 <= self.exposure_level < 1, f"exposure_level must be in [0, 1), got {self.exposure_level}")
+        _check(
+            0 < self.exposure_exponent <= 1,
+            f"exposure_exponent must be in (0, 1], got {self.exposure_exponent}",
+        )
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
@@ -163,6 +171,7 @@ LEGACY_DEFAULTS = {
     "full_res_dim": 0,
     "full_res_block": "transformer",
     "exposure_level": 0.0,
+    "exposure_exponent": 1.0,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

@@ -195,7 +195,7 @@ class Enhancer(nn.Module):
         self.separation = Separation(hp.channels, hp.kernel_size, hp.sigma, trainable=trainable_separation)
         self.encoder = Encoder(hp)
         self.decoder = Decoder(hp)
-        self.exposure = ExposureCurve(hp.exposure_level) if hp.exposure_level else None
+        self.exposure = ExposureCurve(hp.exposure_level, hp.exposure_exponent) if hp.exposure_level else None
 
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``x (B, c, H, W)`` -> enhanced ``(B, c, H, W)``; with ``return_maps`` also the

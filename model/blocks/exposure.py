@@ -2,10 +2,14 @@
 
 ``f_k(x) = (1 - exp(-k x)) / (1 - exp(-k))`` maps [0, 1] onto [0, 1]: linear with slope about ``k``
 in the dark, compressive towards white (a lamp in a dark photo ends at 1, not at ``k`` times its
-value), the identity as ``k -> 0``. Per image, ``k = max(level / mean(x) - 1, 0)`` with ``mean``
-over all pixels and channels: an image whose mean is ``m`` gets a gain of about ``level / m`` in
-its shadows, and an image already brighter than ``level`` is left as it is. ``level`` is learned
-(its logarithm, from ``init_level``).
+value), the identity as ``k -> 0``. Per image, ``k = max((level / mean(x)) ** exponent - 1, 0)``
+with ``mean`` over all pixels and channels: an image whose mean is ``m`` gets a gain of about
+``(level / m) ** exponent`` in its shadows, and an image already brighter than ``level`` is left as
+it is. With ``exponent`` 1 every dark image comes out at about the same brightness, and the network
+can no longer tell how dark it was, which is half of what predicts the brightness of the reference
+(the exposure is unknown, but a darker input still means a darker scene more often than not);
+below 1 the spread of brightness is narrowed, not removed. ``level`` and ``exponent`` are learned
+(from ``init_level`` and ``init_exponent``).
 
 Every part of the enhancer (separation, encoder, decoder) sees ``f_k(x)`` instead of ``x``: whatever
 the exposure of a photo (a factor of four within LOL-v1 alone, and more between datasets), the
@@ -34,17 +38,21 @@ MIN_K = 1e-4
 class ExposureCurve(nn.Module):
     """``x (B, C, H, W)`` in [0, 1] -> ``f_k(x)`` of the same shape, ``k`` per image."""
 
-    def __init__(self, init_level: float) -> None:
+    def __init__(self, init_level: float, init_exponent: float = 1.0) -> None:
         super().__init__()
         if not 0 < init_level < 1:
             raise ValueError(f"exposure level must be in (0, 1), got {init_level}")
+        if not 0 < init_exponent <= 1:
+            raise ValueError(f"exposure exponent must be in (0, 1], got {init_exponent}")
         self.log_level = nn.Parameter(torch.tensor(math.log(init_level)))
+        self.exponent = nn.Parameter(torch.tensor(float(init_exponent)))
         self.fixed_mean: Tensor | None = None
         """Mean ``(B or 1, 1, 1, 1)`` used instead of the input's own (tiled inference)."""
 
     def curvature(self, mean: Tensor) -> Tensor:
         """``k`` for images of mean level ``mean`` (any shape)."""
-        return (self.log_level.exp() / mean.clamp_min(MIN_MEAN) - 1).clamp_min(MIN_K)
+        log_ratio = self.log_level - mean.clamp_min(MIN_MEAN).log()
+        return torch.expm1(self.exponent * log_ratio).clamp_min(MIN_K)
 
     def forward(self, x: Tensor) -> Tensor:
         mean = self.fixed_mean if self.fixed_mean is not None else x.mean(dim=(1, 2, 3), keepdim=True)
