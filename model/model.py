@@ -58,6 +58,7 @@ ARCHITECTURE = (
     "full_res_dim",
     "full_res_block",
     "exposure_level",
+    "exposure_exponent",
 )
 """Hyper-parameters that define the network (its weights' layout, or what it computes with them, like the
 input standardisation): a checkpoint only fits a model with the same values."""

@@ -514,11 +514,11 @@ def test_exposure_curve_brightens_dark_images_to_one_level_and_keeps_range():
     assert means[1] / means[0] < 1.3, means  # the raw means differ by 4x
     assert 0.2 < means[0] < 0.45
     with torch.no_grad():  # exponent 0.5: the spread narrowed (about 2x), the order kept
-        half = ExposureCurve(0.4, init_exponent=0.5)
+        half = ExposureCurve(0.4, exponent=0.5)
         means = [half(scene * exposure).mean().item() for exposure in (0.01, 0.04)]
     assert 1.5 < means[1] / means[0] < 3.0, means
     with pytest.raises(ValueError, match="exponent"):
-        ExposureCurve(0.4, init_exponent=0.0)
+        ExposureCurve(0.4, exponent=0.0)
 
 
 def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):

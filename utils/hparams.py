@@ -134,9 +134,9 @@ class ModelHparams(HparamGroup):
     and predicts the residual on the dark image from that. 0: the network sees the dark image itself.
     Checkpoints from before this option load with it 0."""
     exposure_exponent: float = 1.0
-    """Initial exponent of the exposure curve's gain, ``(level / mean) ** exponent`` (learned from
-    here): 1 brings every dark image to the same brightness, less narrows the spread of brightness
-    and keeps a darker input darker (``model/blocks/exposure.py``)."""
+    """Exponent of the exposure curve's gain, ``(level / mean) ** exponent`` (fixed): 1 brings every
+    dark image to the same brightness, less narrows the spread of brightness and keeps a darker
+    input darker (``model/blocks/exposure.py``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

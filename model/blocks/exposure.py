@@ -8,8 +8,8 @@ with ``mean`` over all pixels and channels: an image whose mean is ``m`` gets a 
 it is. With ``exponent`` 1 every dark image comes out at about the same brightness, and the network
 can no longer tell how dark it was, which is half of what predicts the brightness of the reference
 (the exposure is unknown, but a darker input still means a darker scene more often than not);
-below 1 the spread of brightness is narrowed, not removed. ``level`` and ``exponent`` are learned
-(from ``init_level`` and ``init_exponent``).
+below 1 the spread of brightness is narrowed, not removed. ``level`` is learned (from
+``init_level``); ``exponent`` is fixed.
 
 Every part of the enhancer (separation, encoder, decoder) sees ``f_k(x)`` instead of ``x``: whatever
 the exposure of a photo (a factor of four within LOL-v1 alone, and more between datasets), the
@@ -38,14 +38,14 @@ MIN_K = 1e-4
 class ExposureCurve(nn.Module):
     """``x (B, C, H, W)`` in [0, 1] -> ``f_k(x)`` of the same shape, ``k`` per image."""
 
-    def __init__(self, init_level: float, init_exponent: float = 1.0) -> None:
+    def __init__(self, init_level: float, exponent: float = 1.0) -> None:
         super().__init__()
         if not 0 < init_level < 1:
             raise ValueError(f"exposure level must be in (0, 1), got {init_level}")
-        if not 0 < init_exponent <= 1:
-            raise ValueError(f"exposure exponent must be in (0, 1], got {init_exponent}")
+        if not 0 < exponent <= 1:
+            raise ValueError(f"exposure exponent must be in (0, 1], got {exponent}")
         self.log_level = nn.Parameter(torch.tensor(math.log(init_level)))
-        self.exponent = nn.Parameter(torch.tensor(float(init_exponent)))
+        self.exponent = float(exponent)
         self.fixed_mean: Tensor | None = None
         """Mean ``(B or 1, 1, 1, 1)`` used instead of the input's own (tiled inference)."""
 
