@@ -318,12 +318,14 @@ def evaluate_regimes(
         path = saved[regime] if saved else None
         if path is not None and path.is_file():
             try:
-                regimes[regime] = json.loads(path.read_text())
-                assert set(SCORES) <= set(regimes[regime]) and regimes[regime]["per_image"]
+                scores = json.loads(path.read_text())
+                if not (isinstance(scores, dict) and set(SCORES) <= set(scores) and scores.get("per_image")):
+                    raise ValueError(f"missing {', '.join(SCORES)} or per_image")
             except Exception as error:
                 raise RuntimeError(
                     f"{path}: not readable tools.quality scores ({error}); delete it"
                 ) from error
+            regimes[regime] = scores
             continue
         regimes[regime] = evaluate(model, pairs)
         if path is not None:
