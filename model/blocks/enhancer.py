@@ -55,11 +55,6 @@ illumination map, the squashed reflectance ``r / (1 + r)``) over 200 synthetic l
 ``(x - mean) / std``: fixed constants, like ImageNet's normalisation, so the first convolutions start
 on inputs of unit scale instead of values around 0.1 that their bias drowns."""
 
-GAIN_INPUT_SCALE = 10.0
-"""With ``exposure_gain_input``, the log gain is multiplied by this before the learned vectors (which
-start at zero): AdamW moves each weight by about the learning rate per step, and unscaled vectors
-had moved by only 0.004-0.013 after the 1500 steps of ``tools.quality`` (docs/measurements.md)."""
-
 OUTPUT_BIAS_INIT = 0.25
 """Initial bias of the last convolution: the network starts by brightening every pixel by 0.25
 (a low-light pair's mean residual is positive) instead of learning that offset from a zero-mean
@@ -179,7 +174,6 @@ class Decoder(nn.Module):
         inputs = torch.cat((source, source.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else source
         x = self.embed(inputs)  # (B, D, H/2, W/2)
         if self.gain_input:
-            log_gain = GAIN_INPUT_SCALE * log_gain
             x = x + log_gain * self.gain_embed.view(1, -1, 1, 1)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
