@@ -522,9 +522,8 @@ def test_exposure_curve_brightens_dark_images_to_one_level_and_keeps_range():
 
 
 def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):
-    """A checkpoint with exposure_level (and the gain input) rebuilds the curve (its learned level
-    included); one from before the options loads without them. Tiles share the whole image's mean
-    level, and with it the gain the decoder is told: a tile of a dark
+    """A checkpoint with exposure_level rebuilds the curve (its learned level included); one from
+    before the option loads without it. Tiles share the whole image's mean level: a tile of a dark
     image with one bright region would otherwise get its own gain and come out visibly darker or
     brighter than its neighbours."""
     from engine.enhance import Enhance, enhance_one
@@ -533,11 +532,8 @@ def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_pa
     from utils.tiling import enhance_tiled
 
     torch.manual_seed(0)
-    curved = LowLightEnhancerLightning(tiny_model(exposure_level=0.4, exposure_gain_input=True)).eval()
+    curved = LowLightEnhancerLightning(tiny_model(exposure_level=0.4)).eval()
     curved.model.exposure.log_level.data.fill_(math.log(0.35))  # as if trained
-    decoder = curved.model.decoder  # the gain input's vectors start at zero; as if trained
-    for vector in (decoder.gain_embed, decoder.gain_head, decoder.gain_out):
-        vector.data.copy_(0.05 * torch.randn_like(vector))
     plain = LowLightEnhancerLightning(tiny_model()).eval()
     assert plain.model.exposure is None
     version = {"pytorch-lightning_version": L.__version__}
@@ -545,7 +541,7 @@ def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_pa
         {"state_dict": curved.state_dict(), "hyper_parameters": dict(curved.hparams), **version},
         tmp_path / "c.ckpt",
     )
-    older = {k: v for k, v in plain.hparams.items() if not k.startswith("exposure")}
+    older = {k: v for k, v in plain.hparams.items() if k != "exposure_level"}
     torch.save({"state_dict": plain.state_dict(), "hyper_parameters": older, **version}, tmp_path / "p.ckpt")
     x = 0.1 * torch.rand(1, 3, 20, 28)
     with torch.no_grad():
@@ -554,8 +550,6 @@ def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_pa
         torch.testing.assert_close(load_checkpoint(tmp_path / "p.ckpt")(x), plain(x))
     with pytest.raises(ValueError, match="exposure_level"):
         tiny_model(exposure_level=1.5)
-    with pytest.raises(ValueError, match="exposure_gain_input needs the exposure curve"):
-        tiny_model(exposure_gain_input=True)
 
     image = 0.03 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
     image[..., :80, :100] += 0.6  # a bright region in one corner: tiles' own means differ a lot

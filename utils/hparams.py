@@ -137,12 +137,6 @@ class ModelHparams(HparamGroup):
     """Exponent of the exposure curve's gain, ``(level / mean) ** exponent`` (fixed): 1 brings every
     dark image to the same brightness, less narrows the spread of brightness and keeps a darker
     input darker (``model/blocks/exposure.py``)."""
-    exposure_gain_input: bool = False
-    """With the exposure curve: the decoder is also told how far the curve brightened the image (the
-    log of ``level / mean``, one number per image, added to its first features, its head and its
-    output through learned vectors that start at zero). The residual is added to the dark image, whose
-    brightness the curved image no longer shows; without this, images of different darkness get the
-    same brightening. Checkpoints from before this option load with it off."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,10 +144,6 @@ class ModelHparams(HparamGroup):
         _check(
             0 < self.exposure_exponent <= 1,
             f"exposure_exponent must be in (0, 1], got {self.exposure_exponent}",
-        )
-        _check(
-            self.exposure_level > 0 or not self.exposure_gain_input,
-            "exposure_gain_input needs the exposure curve (exposure_level > 0)",
         )
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
@@ -182,7 +172,6 @@ LEGACY_DEFAULTS = {
     "full_res_block": "transformer",
     "exposure_level": 0.0,
     "exposure_exponent": 1.0,
-    "exposure_gain_input": False,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

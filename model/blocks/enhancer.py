@@ -154,18 +154,10 @@ class Decoder(nn.Module):
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
         nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
-        if hp.exposure_gain_input:  # the curve's log gain: added to the first features, head and output
-            self.gain_embed = nn.Parameter(torch.zeros(dims[0]))
-            self.gain_head = nn.Parameter(torch.zeros(HEAD_CHANNELS))
-            self.gain_out = nn.Parameter(torch.zeros(c))
-        self.gain_input = hp.exposure_gain_input
 
-    def forward(
-        self, image: Tensor, context: Tensor, source: Tensor | None = None, log_gain: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``: a
-        residual on ``image``, predicted from ``source`` (same shape; default: ``image``) and, with
-        ``exposure_gain_input``, the exposure curve's ``log_gain`` ``(B, 1, 1, 1)``."""
+        residual on ``image``, predicted from ``source`` (same shape; default: ``image``)."""
         contexts = [context]
         for down in self.context_down:
             contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
@@ -173,8 +165,6 @@ class Decoder(nn.Module):
         # with sqrt_input, a brightened copy (gamma 1/2) beside the image: dark values spread out
         inputs = torch.cat((source, source.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else source
         x = self.embed(inputs)  # (B, D, H/2, W/2)
-        if self.gain_input:
-            x = x + log_gain * self.gain_embed.view(1, -1, 1, 1)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
             x = block(x)
@@ -184,15 +174,11 @@ class Decoder(nn.Module):
         for i in reversed(range(len(self.up))):
             x = self.merge[i](torch.cat((self.up[i](x), skips[i]), dim=1))
             x = self.up_blocks[i](x, contexts[i])
-        y = self.head(x)  # (B, HEAD_CHANNELS, H, W)
-        y = F.gelu(y + log_gain * self.gain_head.view(1, -1, 1, 1) if self.gain_input else y)
+        y = F.gelu(self.head(x))  # (B, HEAD_CHANNELS, H, W)
         if self.full_res_dim:
             y = self.full_fuse(torch.cat((y, self.full_embed(inputs)), dim=1))  # (B, full_res_dim, H, W)
             y = self.full_block(y)
-        out = self.out(y)
-        if self.gain_input:
-            out = out + log_gain * self.gain_out.view(1, -1, 1, 1)
-        return image + out
+        return image + self.out(y)
 
 
 class Enhancer(nn.Module):
@@ -219,10 +205,9 @@ class Enhancer(nn.Module):
         source = padded if self.exposure is None else pad_to_multiple(self.exposure(x), self.stride)[0]
         illumination, reflectance = self.separation(source)  # fp32, NCHW whatever the input layout
         context = self.encoder(channels_last(illumination), channels_last(reflectance))
-        curved = self.exposure is not None
-        log_gain = self.exposure.log_gain(x) if curved and self.decoder.gain_input else None
-        source = channels_last(source) if curved else None
-        out = self.decoder(channels_last(padded), context, source, log_gain)
+        out = self.decoder(
+            channels_last(padded), context, None if self.exposure is None else channels_last(source)
+        )
         out = crop_to(out, size).contiguous()
         if return_maps:
             return out, crop_to(illumination, size), crop_to(reflectance, size)

@@ -54,18 +54,9 @@ class ExposureCurve(nn.Module):
         log_ratio = self.log_level - mean.clamp_min(MIN_MEAN).log()
         return torch.expm1(self.exponent * log_ratio).clamp_min(MIN_K)
 
-    def mean_level(self, x: Tensor) -> Tensor:
-        """Mean level ``(B or 1, 1, 1, 1)`` of ``x``: its own, or the one :func:`fixed_exposure` set."""
-        mean = self.fixed_mean if self.fixed_mean is not None else x.mean(dim=(1, 2, 3), keepdim=True)
-        return mean.to(x.dtype)
-
-    def log_gain(self, x: Tensor) -> Tensor:
-        """``log(level / mean)`` per image ``(B or 1, 1, 1, 1)``: how far the curve lifts ``x`` (before
-        the exponent and the floor at 0), the number ``exposure_gain_input`` gives the decoder."""
-        return self.log_level - self.mean_level(x).clamp_min(MIN_MEAN).log()
-
     def forward(self, x: Tensor) -> Tensor:
-        k = self.curvature(self.mean_level(x))  # (B, 1, 1, 1)
+        mean = self.fixed_mean if self.fixed_mean is not None else x.mean(dim=(1, 2, 3), keepdim=True)
+        k = self.curvature(mean.to(x.dtype))  # (B, 1, 1, 1)
         return torch.expm1(-k * x.clamp_min(0)) / torch.expm1(-k)
 
 
