@@ -59,6 +59,7 @@ ARCHITECTURE = (
     "full_res_block",
     "exposure_level",
     "exposure_exponent",
+    "exposure_dark_sqrt",
 )
 """Hyper-parameters that define the network (its weights' layout, or what it computes with them, like the
 input standardisation): a checkpoint only fits a model with the same values."""

@@ -521,6 +521,41 @@ def test_exposure_curve_brightens_dark_images_to_one_level_and_keeps_range():
         ExposureCurve(0.4, exponent=0.0)
 
 
+def test_exposure_dark_sqrt_lets_the_decoder_see_how_dark_the_input_was(tmp_path):
+    """With exponent 1 the curve brings a scene at exposures 4x apart to nearly one image, so the
+    network cannot tell a dark photo from a darker one. exposure_dark_sqrt takes the decoder's
+    square-root input of the dark image instead: that half of its input keeps the 2x (sqrt of 4x)
+    between them. Checkpoints from before the option load with it off; it needs the curve."""
+    from model.model import load_checkpoint
+
+    scene = 0.5 + 0.4 * torch.sin(torch.linspace(0, 20, 32 * 32)).view(1, 1, 32, 32).expand(1, 3, 32, 32)
+    exposures = (scene * 0.01, scene * 0.04)
+
+    def embed_inputs(hp):
+        torch.manual_seed(0)
+        model = LowLightEnhancerLightning(hp).eval()
+        seen = []
+        model.model.decoder.embed.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        with torch.no_grad():
+            for x in exposures:
+                model(x)
+        return model, seen
+
+    _, curved = embed_inputs(tiny_model(exposure_level=0.4))
+    model, dark = embed_inputs(tiny_model(exposure_level=0.4, exposure_dark_sqrt=True))
+    for seen in (curved, dark):  # the curved image itself: nearly the same at both exposures
+        assert seen[1][:, :3].mean() / seen[0][:, :3].mean() < 1.3
+    assert curved[1][:, 3:].mean() / curved[0][:, 3:].mean() < 1.2
+    torch.testing.assert_close(dark[1][:, 3:] / dark[0][:, 3:], torch.full_like(dark[0][:, 3:], 2.0))
+
+    older = {k: v for k, v in model.hparams.items() if k != "exposure_dark_sqrt"}
+    version = {"pytorch-lightning_version": L.__version__}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": older, **version}, tmp_path / "o.ckpt")
+    assert load_checkpoint(tmp_path / "o.ckpt").hparams.exposure_dark_sqrt is False
+    with pytest.raises(ValueError, match="exposure_dark_sqrt"):
+        tiny_model(exposure_dark_sqrt=True)
+
+
 def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):
     """A checkpoint with exposure_level rebuilds the curve (its learned level included); one from
     before the option loads without it. Tiles share the whole image's mean level: a tile of a dark

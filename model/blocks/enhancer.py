@@ -127,6 +127,7 @@ class Decoder(nn.Module):
         heads = [hp.num_heads * 2**i for i in range(num_resolution)]
         kw = dict(mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
         self.sqrt_input = hp.sqrt_input
+        self.dark_sqrt = hp.exposure_dark_sqrt
         inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
         self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
         self.context_down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
@@ -163,7 +164,9 @@ class Decoder(nn.Module):
             contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
         source = image if source is None else source
         # with sqrt_input, a brightened copy (gamma 1/2) beside the image: dark values spread out
-        inputs = torch.cat((source, source.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else source
+        # (with dark_sqrt the copy is of the dark image: the decoder still sees how dark it was)
+        brightened = (image if self.dark_sqrt else source).clamp_min(0).sqrt()
+        inputs = torch.cat((source, brightened), dim=1) if self.sqrt_input else source
         x = self.embed(inputs)  # (B, D, H/2, W/2)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
