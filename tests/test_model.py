@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks.attention import ChannelAttention, TransformerBlock
-from model.blocks.enhancer import Enhancer
+from model.blocks.enhancer import OUTPUT_BIAS_INIT, Enhancer
 from model.blocks.separation import Separation
 from model.model import LowLightEnhancerLightning
 from tests.conftest import keeps_shape, tiny_model
@@ -554,6 +554,23 @@ def test_exposure_dark_sqrt_lets_the_decoder_see_how_dark_the_input_was(tmp_path
     assert load_checkpoint(tmp_path / "o.ckpt").hparams.exposure_dark_sqrt is False
     with pytest.raises(ValueError, match="exposure_dark_sqrt"):
         tiny_model(exposure_dark_sqrt=True)
+
+
+def test_exposure_residual_on_curve_adds_the_residual_to_the_curved_image():
+    """exposure_residual_on_curve: the output is the curved image plus the predicted residual (with
+    the residual zeroed, exactly the curve; without the option, exactly the dark image), and the
+    output bias starts at 0 since the curved image is already bright. It needs the curve."""
+    torch.manual_seed(0)
+    x = 0.05 * torch.rand(1, 3, 20, 28)
+    for on_curve in (True, False):
+        model = Enhancer(tiny_model(exposure_level=0.4, exposure_residual_on_curve=on_curve)).eval()
+        assert model.decoder.out.bias.abs().max() == (0.0 if on_curve else OUTPUT_BIAS_INIT)
+        torch.nn.init.zeros_(model.decoder.out.weight)
+        torch.nn.init.zeros_(model.decoder.out.bias)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), model.exposure(x) if on_curve else x)
+    with pytest.raises(ValueError, match="exposure_residual_on_curve"):
+        tiny_model(exposure_residual_on_curve=True)
 
 
 def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):

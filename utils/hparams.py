@@ -141,6 +141,10 @@ class ModelHparams(HparamGroup):
     """With the exposure curve and ``sqrt_input``: the decoder's square-root input is taken of the
     dark image, not of the curved one, so the decoder still sees how dark the input was (the curve
     alone hides it). Checkpoints from before this option load with it off."""
+    exposure_residual_on_curve: bool = False
+    """With the exposure curve: the predicted residual is added to the curved image (already at about
+    the reference's brightness; the output convolution's bias then starts at 0) instead of to the
+    dark one. Checkpoints from before this option load with it off."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +156,10 @@ class ModelHparams(HparamGroup):
         _check(
             not self.exposure_dark_sqrt or (self.exposure_level > 0 and self.sqrt_input),
             "exposure_dark_sqrt needs exposure_level > 0 and sqrt_input",
+        )
+        _check(
+            not self.exposure_residual_on_curve or self.exposure_level > 0,
+            "exposure_residual_on_curve needs exposure_level > 0",
         )
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
@@ -181,6 +189,7 @@ LEGACY_DEFAULTS = {
     "exposure_level": 0.0,
     "exposure_exponent": 1.0,
     "exposure_dark_sqrt": False,
+    "exposure_residual_on_curve": False,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

@@ -154,7 +154,9 @@ class Decoder(nn.Module):
             else:
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
-        nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
+        self.residual_on_source = hp.exposure_residual_on_curve
+        # on the curved image (already bright) the network starts from no offset
+        nn.init.constant_(self.out.bias, 0.0 if self.residual_on_source else OUTPUT_BIAS_INIT)
 
     def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``: a
@@ -181,7 +183,7 @@ class Decoder(nn.Module):
         if self.full_res_dim:
             y = self.full_fuse(torch.cat((y, self.full_embed(inputs)), dim=1))  # (B, full_res_dim, H, W)
             y = self.full_block(y)
-        return image + self.out(y)
+        return (source if self.residual_on_source else image) + self.out(y)
 
 
 class Enhancer(nn.Module):
