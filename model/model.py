@@ -59,8 +59,6 @@ ARCHITECTURE = (
     "full_res_block",
     "exposure_level",
     "exposure_exponent",
-    "exposure_dark_sqrt",
-    "exposure_residual_on_curve",
 )
 """Hyper-parameters that define the network (its weights' layout, or what it computes with them, like the
 input standardisation): a checkpoint only fits a model with the same values."""

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks.attention import ChannelAttention, TransformerBlock
-from model.blocks.enhancer import OUTPUT_BIAS_INIT, Enhancer
+from model.blocks.enhancer import Enhancer
 from model.blocks.separation import Separation
 from model.model import LowLightEnhancerLightning
 from tests.conftest import keeps_shape, tiny_model
@@ -519,58 +519,6 @@ def test_exposure_curve_brightens_dark_images_to_one_level_and_keeps_range():
     assert 1.5 < means[1] / means[0] < 3.0, means
     with pytest.raises(ValueError, match="exponent"):
         ExposureCurve(0.4, exponent=0.0)
-
-
-def test_exposure_dark_sqrt_lets_the_decoder_see_how_dark_the_input_was(tmp_path):
-    """With exponent 1 the curve brings a scene at exposures 4x apart to nearly one image, so the
-    network cannot tell a dark photo from a darker one. exposure_dark_sqrt takes the decoder's
-    square-root input of the dark image instead: that half of its input keeps the 2x (sqrt of 4x)
-    between them. Checkpoints from before the option load with it off; it needs the curve."""
-    from model.model import load_checkpoint
-
-    scene = 0.5 + 0.4 * torch.sin(torch.linspace(0, 20, 32 * 32)).view(1, 1, 32, 32).expand(1, 3, 32, 32)
-    exposures = (scene * 0.01, scene * 0.04)
-
-    def embed_inputs(hp):
-        torch.manual_seed(0)
-        model = LowLightEnhancerLightning(hp).eval()
-        seen = []
-        model.model.decoder.embed.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-        with torch.no_grad():
-            for x in exposures:
-                model(x)
-        return model, seen
-
-    _, curved = embed_inputs(tiny_model(exposure_level=0.4))
-    model, dark = embed_inputs(tiny_model(exposure_level=0.4, exposure_dark_sqrt=True))
-    for seen in (curved, dark):  # the curved image itself: nearly the same at both exposures
-        assert seen[1][:, :3].mean() / seen[0][:, :3].mean() < 1.3
-    assert curved[1][:, 3:].mean() / curved[0][:, 3:].mean() < 1.2
-    torch.testing.assert_close(dark[1][:, 3:] / dark[0][:, 3:], torch.full_like(dark[0][:, 3:], 2.0))
-
-    older = {k: v for k, v in model.hparams.items() if k != "exposure_dark_sqrt"}
-    version = {"pytorch-lightning_version": L.__version__}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": older, **version}, tmp_path / "o.ckpt")
-    assert load_checkpoint(tmp_path / "o.ckpt").hparams.exposure_dark_sqrt is False
-    with pytest.raises(ValueError, match="exposure_dark_sqrt"):
-        tiny_model(exposure_dark_sqrt=True)
-
-
-def test_exposure_residual_on_curve_adds_the_residual_to_the_curved_image():
-    """exposure_residual_on_curve: the output is the curved image plus the predicted residual (with
-    the residual zeroed, exactly the curve; without the option, exactly the dark image), and the
-    output bias starts at 0 since the curved image is already bright. It needs the curve."""
-    torch.manual_seed(0)
-    x = 0.05 * torch.rand(1, 3, 20, 28)
-    for on_curve in (True, False):
-        model = Enhancer(tiny_model(exposure_level=0.4, exposure_residual_on_curve=on_curve)).eval()
-        assert model.decoder.out.bias.abs().max() == (0.0 if on_curve else OUTPUT_BIAS_INIT)
-        torch.nn.init.zeros_(model.decoder.out.weight)
-        torch.nn.init.zeros_(model.decoder.out.bias)
-        with torch.no_grad():
-            torch.testing.assert_close(model(x), model.exposure(x) if on_curve else x)
-    with pytest.raises(ValueError, match="exposure_residual_on_curve"):
-        tiny_model(exposure_residual_on_curve=True)
 
 
 def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):

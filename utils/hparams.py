@@ -137,14 +137,6 @@ class ModelHparams(HparamGroup):
     """Exponent of the exposure curve's gain, ``(level / mean) ** exponent`` (fixed): 1 brings every
     dark image to the same brightness, less narrows the spread of brightness and keeps a darker
     input darker (``model/blocks/exposure.py``)."""
-    exposure_dark_sqrt: bool = False
-    """With the exposure curve and ``sqrt_input``: the decoder's square-root input is taken of the
-    dark image, not of the curved one, so the decoder still sees how dark the input was (the curve
-    alone hides it). Checkpoints from before this option load with it off."""
-    exposure_residual_on_curve: bool = False
-    """With the exposure curve: the predicted residual is added to the curved image (already at about
-    the reference's brightness; the output convolution's bias then starts at 0) instead of to the
-    dark one. Checkpoints from before this option load with it off."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,14 +144,6 @@ class ModelHparams(HparamGroup):
         _check(
             0 < self.exposure_exponent <= 1,
             f"exposure_exponent must be in (0, 1], got {self.exposure_exponent}",
-        )
-        _check(
-            not self.exposure_dark_sqrt or (self.exposure_level > 0 and self.sqrt_input),
-            "exposure_dark_sqrt needs exposure_level > 0 and sqrt_input",
-        )
-        _check(
-            not self.exposure_residual_on_curve or self.exposure_level > 0,
-            "exposure_residual_on_curve needs exposure_level > 0",
         )
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
@@ -188,8 +172,6 @@ LEGACY_DEFAULTS = {
     "full_res_block": "transformer",
     "exposure_level": 0.0,
     "exposure_exponent": 1.0,
-    "exposure_dark_sqrt": False,
-    "exposure_residual_on_curve": False,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

@@ -127,7 +127,6 @@ class Decoder(nn.Module):
         heads = [hp.num_heads * 2**i for i in range(num_resolution)]
         kw = dict(mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
         self.sqrt_input = hp.sqrt_input
-        self.dark_sqrt = hp.exposure_dark_sqrt
         inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
         self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
         self.context_down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
@@ -154,9 +153,7 @@ class Decoder(nn.Module):
             else:
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
-        self.residual_on_source = hp.exposure_residual_on_curve
-        # on the curved image (already bright) the network starts from no offset
-        nn.init.constant_(self.out.bias, 0.0 if self.residual_on_source else OUTPUT_BIAS_INIT)
+        nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
 
     def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``: a
@@ -166,9 +163,7 @@ class Decoder(nn.Module):
             contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
         source = image if source is None else source
         # with sqrt_input, a brightened copy (gamma 1/2) beside the image: dark values spread out
-        # (with dark_sqrt the copy is of the dark image: the decoder still sees how dark it was)
-        brightened = (image if self.dark_sqrt else source).clamp_min(0).sqrt()
-        inputs = torch.cat((source, brightened), dim=1) if self.sqrt_input else source
+        inputs = torch.cat((source, source.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else source
         x = self.embed(inputs)  # (B, D, H/2, W/2)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
@@ -183,7 +178,7 @@ class Decoder(nn.Module):
         if self.full_res_dim:
             y = self.full_fuse(torch.cat((y, self.full_embed(inputs)), dim=1))  # (B, full_res_dim, H, W)
             y = self.full_block(y)
-        return (source if self.residual_on_source else image) + self.out(y)
+        return image + self.out(y)
 
 
 class Enhancer(nn.Module):
