@@ -57,6 +57,7 @@ ARCHITECTURE = (
     "standardize_inputs",
     "full_res_dim",
     "full_res_block",
+    "context_patch",
     "exposure_level",
     "exposure_exponent",
 )

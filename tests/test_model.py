@@ -561,3 +561,46 @@ def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_pa
     assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
     assert _psnr(enhance_tiled(enhance.run, image, 128, 48, align=enhance.stride), whole) < 40.0
     assert curved.model.exposure.fixed_mean is None  # released after the image
+
+
+def test_quarter_resolution_context_is_its_own_architecture_and_tiles_exactly(tmp_path):
+    """context_patch 4 runs the encoder at a quarter of the resolution (its blocks cost a quarter as
+    much): any image size still comes back at its own size, its checkpoints rebuild it, a checkpoint
+    from before the option loads with the half-resolution context and its old outputs, and tiles
+    with the whole image's attention reproduce the whole-image output."""
+    from engine.enhance import Enhance, enhance_one
+    from model.model import load_checkpoint
+    from utils.hparams import TileHparams
+
+    torch.manual_seed(0)
+    quarter = LowLightEnhancerLightning(tiny_model(context_patch=4, num_resolution=1)).eval()
+    plain = LowLightEnhancerLightning(tiny_model()).eval()
+    assert quarter.model.encoder.embed_illum.proj.stride == (4, 4) and quarter.model.stride == 4
+    assert plain.model.encoder.embed_illum.proj.stride == (2, 2) and plain.model.decoder.context_up is None
+    with torch.no_grad():
+        for size in [(1, 1), (5, 7), (33, 18)]:
+            assert quarter(torch.rand(1, 3, *size)).shape == (1, 3, *size)
+    version = {"pytorch-lightning_version": L.__version__}
+    torch.save(
+        {"state_dict": quarter.state_dict(), "hyper_parameters": dict(quarter.hparams), **version},
+        tmp_path / "q.ckpt",
+    )
+    older = {k: v for k, v in plain.hparams.items() if k != "context_patch"}
+    torch.save({"state_dict": plain.state_dict(), "hyper_parameters": older, **version}, tmp_path / "p.ckpt")
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert load_checkpoint(tmp_path / "q.ckpt").hparams.context_patch == 4
+        torch.testing.assert_close(load_checkpoint(tmp_path / "q.ckpt")(x), quarter(x))
+        assert load_checkpoint(tmp_path / "p.ckpt").hparams.context_patch == 2
+        torch.testing.assert_close(load_checkpoint(tmp_path / "p.ckpt")(x), plain(x))
+    with pytest.raises(ValueError, match="context_patch"):
+        tiny_model(context_patch=8)
+
+    quarter = LowLightEnhancerLightning(tiny_model(context_patch=4)).eval()
+    image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
+    enhance = Enhance(quarter.model, torch.device("cpu"), self_ensemble=False)
+    whole = enhance(image).clamp(0, 1)
+    tiles = TileHparams(tile=128, tile_overlap=48, max_pixels=10**9)
+    full_size = lambda x, pixels: enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
+    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
+    assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0

@@ -128,6 +128,12 @@ class ModelHparams(HparamGroup):
     (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
     noise it removes. Checkpoints from before this option load with ``transformer``."""
 
+    context_patch: Literal[2, 4] = 2
+    """Patch size of the encoder's embeddings: the context map is at 1/2 (2) or 1/4 (4) of the
+    image's resolution. At 4 the encoder's four transformer blocks cost a quarter as much; a learned
+    2x2 transposed convolution brings the context to the decoder's first level. Checkpoints from
+    before this option load with 2."""
+
     exposure_level: float = 0.0
     """With a value in (0, 1): the network sees the image through a global tone curve that brightens
     its shadows so its mean is about this level (learned from here; ``model/blocks/exposure.py``),
@@ -145,6 +151,7 @@ class ModelHparams(HparamGroup):
             0 < self.exposure_exponent <= 1,
             f"exposure_exponent must be in (0, 1], got {self.exposure_exponent}",
         )
+        _check(self.context_patch in (2, 4), f"context_patch must be 2 or 4, got {self.context_patch}")
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
@@ -172,6 +179,7 @@ LEGACY_DEFAULTS = {
     "full_res_block": "transformer",
     "exposure_level": 0.0,
     "exposure_exponent": 1.0,
+    "context_patch": 2,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

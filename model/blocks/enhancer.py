@@ -15,6 +15,10 @@
 With ``standardize_inputs`` every patch embedding (the decoder's and the encoder's two) first
 standardises its input with the fixed constants of ``INPUT_STATS``.
 
+With ``context_patch`` 4 the encoder embeds the maps at a quarter of the resolution (its four blocks
+cost a quarter as much) and a learned 2x2 transposed convolution brings the context map to the
+decoder's first level.
+
 With ``full_res_dim`` > 0 the decoder also works at full resolution, where the noise of a dark photo
 lives: a 3x3 convolution embeds the image (and its square root) into ``full_res_dim`` channels at
 full resolution, a 1x1 convolution fuses them with the head's features, and one transformer block
@@ -78,14 +82,16 @@ def channels_last(x: Tensor) -> Tensor:
 
 
 class Encoder(nn.Module):
-    """Illumination and reflectance maps ``(B, c, H, W)`` -> context map ``(B, D, H / 2, W / 2)``."""
+    """Illumination and reflectance maps ``(B, c, H, W)`` -> context map ``(B, D, H / p, W / p)``
+    (``p``: ``context_patch``)."""
 
     def __init__(self, hp: ModelHparams) -> None:
         super().__init__()
         c, dim = hp.channels, hp.embed_dim
         block = dict(dim=dim, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
-        self.embed_illum = PatchEmbed(c, dim, **input_stats(["illumination"], c, hp.standardize_inputs))
-        self.embed_refl = PatchEmbed(c, dim, **input_stats(["reflectance"], c, hp.standardize_inputs))
+        stats, patch = hp.standardize_inputs, hp.context_patch
+        self.embed_illum = PatchEmbed(c, dim, patch, **input_stats(["illumination"], c, stats))
+        self.embed_refl = PatchEmbed(c, dim, patch, **input_stats(["reflectance"], c, stats))
         self.self_illum = TransformerBlock(**block)
         self.self_refl = TransformerBlock(**block)
         self.refl_to_illum = TransformerBlock(**block, cross=True)
@@ -94,7 +100,7 @@ class Encoder(nn.Module):
 
     def forward(self, illumination: Tensor, reflectance: Tensor) -> Tensor:
         # Reflectance is unbounded above; r / (1 + r) maps it to [0, 1) like the illumination.
-        illum = self.self_illum(self.embed_illum(illumination))  # (B, D, H/2, W/2)
+        illum = self.self_illum(self.embed_illum(illumination))  # (B, D, H/p, W/p)
         refl = self.self_refl(self.embed_refl(reflectance / (1 + reflectance)))
         refl_ctx = self.refl_to_illum(refl, illum)  # reflectance queries illumination
         illum_ctx = self.illum_to_refl(illum, refl)  # illumination queries reflectance
@@ -129,6 +135,8 @@ class Decoder(nn.Module):
         self.sqrt_input = hp.sqrt_input
         inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
         self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
+        # a context at 1/4 resolution is brought to the first level's 1/2 (context_patch 4)
+        self.context_up = Upsample(dims[0], dims[0]) if hp.context_patch == 4 else None
         self.context_down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
         self.down_blocks = nn.ModuleList(
             TransformerBlock(dims[i], heads[i], **kw) for i in range(num_resolution - 1)
@@ -156,9 +164,9 @@ class Decoder(nn.Module):
         nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
 
     def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
-        """``image (B, c, H, W)``, ``context (B, D, H/2, W/2)`` -> enhanced ``(B, c, H, W)``: a
+        """``image (B, c, H, W)``, ``context (B, D, H/p, W/p)`` -> enhanced ``(B, c, H, W)``: a
         residual on ``image``, predicted from ``source`` (same shape; default: ``image``)."""
-        contexts = [context]
+        contexts = [context if self.context_up is None else self.context_up(context)]  # (B, D, H/2, W/2)
         for down in self.context_down:
             contexts.append(down(contexts[-1]))  # (B, D * 2^i, H / 2^(i+1), W / 2^(i+1))
         source = image if source is None else source
@@ -191,7 +199,7 @@ class Enhancer(nn.Module):
 
     def __init__(self, hp: ModelHparams, trainable_separation: bool = False) -> None:
         super().__init__()
-        self.stride = 2**hp.num_resolution
+        self.stride = max(2**hp.num_resolution, hp.context_patch)
         self.separation = Separation(hp.channels, hp.kernel_size, hp.sigma, trainable=trainable_separation)
         self.encoder = Encoder(hp)
         self.decoder = Decoder(hp)
