@@ -202,6 +202,30 @@ def _psnr(a, b) -> float:
     return 10 * math.log10(1.0 / torch.mean((a.clamp(0, 1) - b) ** 2).item())
 
 
+def _save_checkpoint(module, path, without=()):
+    """Write ``module`` as a Lightning checkpoint holds it (weights, flat hyper-parameters, version);
+    the keys in ``without`` are left out, as in a checkpoint written before those options existed."""
+    hparams = {k: v for k, v in module.hparams.items() if k not in without}
+    version = {"pytorch-lightning_version": L.__version__}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, **version}, path)
+    return path
+
+
+def _tiled_psnr(model, image, tile: int, overlap: int) -> float:
+    """PSNR of ``model``'s tiled output (tiles sharing the whole image's attention statistics, as
+    infer.py runs large images) against its whole-image output; fails unless it actually tiled."""
+    from engine.enhance import Enhance, enhance_one
+    from utils.hparams import TileHparams
+
+    enhance = Enhance(model, torch.device("cpu"), self_ensemble=False)
+    whole = enhance(image).clamp(0, 1)
+    tiles = TileHparams(tile=tile, tile_overlap=overlap, max_pixels=10**9)
+    full_size = lambda x, pixels: enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
+    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
+    assert info["mode"] == "tiled"
+    return _psnr(tiled, whole)
+
+
 def test_learns_one_pair():
     torch.manual_seed(0)
     high = torch.rand(1, 3, 8, 8)
@@ -416,9 +440,7 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
     """full_res_dim adds a stage at full resolution (an option under measurement, docs/measurements.md):
     its checkpoints rebuild it, older ones load without it, and tiles with the whole image's
     attention still reproduce the whole-image output."""
-    from engine.enhance import Enhance, enhance_one
     from model.model import load_checkpoint
-    from utils.hparams import TileHparams
 
     torch.manual_seed(0)
     full = LowLightEnhancerLightning(tiny_model(full_res_dim=8)).eval()
@@ -426,12 +448,8 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
     assert {k for k in full.state_dict() if "full_" in k} and not {
         k for k in plain.state_dict() if "full_" in k
     }
-    version = {"pytorch-lightning_version": L.__version__}
-    path = tmp_path / "full.ckpt"
-    torch.save({"state_dict": full.state_dict(), "hyper_parameters": dict(full.hparams), **version}, path)
-    old = tmp_path / "old.ckpt"  # written before the option existed
-    hparams = {k: v for k, v in plain.hparams.items() if k != "full_res_dim"}
-    torch.save({"state_dict": plain.state_dict(), "hyper_parameters": hparams, **version}, old)
+    path = _save_checkpoint(full, tmp_path / "full.ckpt")
+    old = _save_checkpoint(plain, tmp_path / "old.ckpt", without=["full_res_dim"])
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         assert load_checkpoint(path).hparams.full_res_dim == 8
@@ -440,15 +458,7 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
         torch.testing.assert_close(load_checkpoint(old)(x), plain(x))
 
     image = 0.3 * torch.rand(1, 3, 300, 451, generator=torch.Generator().manual_seed(1))
-    enhance = Enhance(full.model, torch.device("cpu"), self_ensemble=False)
-    whole = enhance(image).clamp(0, 1)
-
-    def full_size(x, pixels):
-        return enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])
-
-    tiles = TileHparams(tile=160, tile_overlap=64, max_pixels=10**9)
-    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
-    assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
+    assert _tiled_psnr(full.model, image, tile=160, overlap=64) >= 90.0
 
 
 def test_convolutional_full_resolution_stage_is_its_own_architecture(tmp_path):
@@ -456,25 +466,16 @@ def test_convolutional_full_resolution_stage_is_its_own_architecture(tmp_path):
     convolutions: its checkpoints rebuild it, a full_res_dim checkpoint from before the option loads
     with the transformer block, and tiling still reproduces the whole image (the convolutions are
     local, so the overlap covers them)."""
-    from engine.enhance import Enhance, enhance_one
     from model.blocks.enhancer import ResidualConv
     from model.model import load_checkpoint
-    from utils.hparams import TileHparams
 
     torch.manual_seed(0)
     conv = LowLightEnhancerLightning(tiny_model(full_res_dim=8, full_res_block="conv")).eval()
     attention = LowLightEnhancerLightning(tiny_model(full_res_dim=8)).eval()
     assert isinstance(conv.model.decoder.full_block, ResidualConv)
     assert not isinstance(attention.model.decoder.full_block, ResidualConv)
-    version = {"pytorch-lightning_version": L.__version__}
-    torch.save(
-        {"state_dict": conv.state_dict(), "hyper_parameters": dict(conv.hparams), **version},
-        tmp_path / "c.ckpt",
-    )
-    older = {k: v for k, v in attention.hparams.items() if k != "full_res_block"}
-    torch.save(
-        {"state_dict": attention.state_dict(), "hyper_parameters": older, **version}, tmp_path / "a.ckpt"
-    )
+    _save_checkpoint(conv, tmp_path / "c.ckpt")
+    _save_checkpoint(attention, tmp_path / "a.ckpt", without=["full_res_block"])
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         assert load_checkpoint(tmp_path / "c.ckpt").hparams.full_res_block == "conv"
@@ -485,12 +486,7 @@ def test_convolutional_full_resolution_stage_is_its_own_architecture(tmp_path):
         tiny_model(full_res_dim=8, full_res_block="dense")
 
     image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
-    enhance = Enhance(conv.model, torch.device("cpu"), self_ensemble=False)
-    whole = enhance(image).clamp(0, 1)
-    tiles = TileHparams(tile=128, tile_overlap=48, max_pixels=10**9)
-    full_size = lambda x, pixels: enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
-    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
-    assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
+    assert _tiled_psnr(conv.model, image, tile=128, overlap=48) >= 90.0
 
 
 def test_exposure_curve_brightens_dark_images_to_one_level_and_keeps_range():
@@ -536,13 +532,8 @@ def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_pa
     curved.model.exposure.log_level.data.fill_(math.log(0.35))  # as if trained
     plain = LowLightEnhancerLightning(tiny_model()).eval()
     assert plain.model.exposure is None
-    version = {"pytorch-lightning_version": L.__version__}
-    torch.save(
-        {"state_dict": curved.state_dict(), "hyper_parameters": dict(curved.hparams), **version},
-        tmp_path / "c.ckpt",
-    )
-    older = {k: v for k, v in plain.hparams.items() if k != "exposure_level"}
-    torch.save({"state_dict": plain.state_dict(), "hyper_parameters": older, **version}, tmp_path / "p.ckpt")
+    _save_checkpoint(curved, tmp_path / "c.ckpt")
+    _save_checkpoint(plain, tmp_path / "p.ckpt", without=["exposure_level"])
     x = 0.1 * torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         torch.testing.assert_close(load_checkpoint(tmp_path / "c.ckpt")(x), curved(x))
@@ -568,9 +559,7 @@ def test_quarter_resolution_context_is_its_own_architecture_and_tiles_exactly(tm
     much): any image size still comes back at its own size, its checkpoints rebuild it, a checkpoint
     from before the option loads with the half-resolution context and its old outputs, and tiles
     with the whole image's attention reproduce the whole-image output."""
-    from engine.enhance import Enhance, enhance_one
     from model.model import load_checkpoint
-    from utils.hparams import TileHparams
 
     torch.manual_seed(0)
     quarter = LowLightEnhancerLightning(tiny_model(context_patch=4, num_resolution=1)).eval()
@@ -580,13 +569,8 @@ def test_quarter_resolution_context_is_its_own_architecture_and_tiles_exactly(tm
     with torch.no_grad():
         for size in [(1, 1), (5, 7), (33, 18)]:
             assert quarter(torch.rand(1, 3, *size)).shape == (1, 3, *size)
-    version = {"pytorch-lightning_version": L.__version__}
-    torch.save(
-        {"state_dict": quarter.state_dict(), "hyper_parameters": dict(quarter.hparams), **version},
-        tmp_path / "q.ckpt",
-    )
-    older = {k: v for k, v in plain.hparams.items() if k != "context_patch"}
-    torch.save({"state_dict": plain.state_dict(), "hyper_parameters": older, **version}, tmp_path / "p.ckpt")
+    _save_checkpoint(quarter, tmp_path / "q.ckpt")
+    _save_checkpoint(plain, tmp_path / "p.ckpt", without=["context_patch"])
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         assert load_checkpoint(tmp_path / "q.ckpt").hparams.context_patch == 4
@@ -598,9 +582,4 @@ def test_quarter_resolution_context_is_its_own_architecture_and_tiles_exactly(tm
 
     quarter = LowLightEnhancerLightning(tiny_model(context_patch=4)).eval()
     image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
-    enhance = Enhance(quarter.model, torch.device("cpu"), self_ensemble=False)
-    whole = enhance(image).clamp(0, 1)
-    tiles = TileHparams(tile=128, tile_overlap=48, max_pixels=10**9)
-    full_size = lambda x, pixels: enhance.whole_image_statistics(x, pixels=x.shape[-2] * x.shape[-1])  # noqa: E731
-    tiled, info = enhance_one(enhance, image, tiles, shared_context=full_size)
-    assert info["mode"] == "tiled" and _psnr(tiled, whole) >= 90.0
+    assert _tiled_psnr(quarter.model, image, tile=128, overlap=48) >= 90.0
