@@ -13,6 +13,7 @@ from typing import Literal, get_args
 from utils.tiling import MIN_TILE
 
 FullResBlock = Literal["transformer", "conv"]
+ContextPatch = Literal[2, 4]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 """torch.compile's modes (``torch._inductor.list_mode_options``)."""
 
@@ -128,7 +129,7 @@ class ModelHparams(HparamGroup):
     (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
     noise it removes. Checkpoints from before this option load with ``transformer``."""
 
-    context_patch: Literal[2, 4] = 2
+    context_patch: ContextPatch = 2
     """Patch size of the encoder's embeddings: the context map is at 1/2 (2) or 1/4 (4) of the
     image's resolution. At 4 the encoder's four transformer blocks cost a quarter as much; a learned
     2x2 transposed convolution brings the context to the decoder's first level. Checkpoints from
@@ -151,7 +152,10 @@ class ModelHparams(HparamGroup):
             0 < self.exposure_exponent <= 1,
             f"exposure_exponent must be in (0, 1], got {self.exposure_exponent}",
         )
-        _check(self.context_patch in (2, 4), f"context_patch must be 2 or 4, got {self.context_patch}")
+        _check(
+            self.context_patch in get_args(ContextPatch),
+            f"context_patch must be one of {get_args(ContextPatch)}, got {self.context_patch!r}",
+        )
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
