@@ -16,8 +16,9 @@ torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 """The repository: scripts run from here."""
 
-TINY_MODEL = {"embed_dim": 8, "num_heads": 1}
-"""The smallest IllRecNet (8 channels, one attention head): it trains in seconds on a CPU."""
+TINY_MODEL = {"embed_dim": 8, "num_heads": 1, "full_res_dim": 8}
+"""The smallest IllRecNet of the default's architecture (8 channels, one attention head, an 8-channel
+full-resolution stage): it trains in seconds on a CPU."""
 
 
 def tiny_model(**fields) -> ModelHparams:

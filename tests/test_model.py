@@ -319,15 +319,17 @@ def test_a_fresh_model_starts_by_brightening():
 def test_sqrt_input_feeds_the_square_root_to_the_decoder():
     torch.manual_seed(0)
     on, off = tiny_enhancer(sqrt_input=True).eval(), tiny_enhancer(sqrt_input=False).eval()
-    assert on.decoder.embed.proj.in_channels == 6 and off.decoder.embed.proj.in_channels == 3
-    # With the square-root half of the embedding zeroed, the model is the plain one with the same weights.
-    off.load_state_dict(
-        {k: (v[:, :3] if k == "decoder.embed.proj.weight" else v) for k, v in on.state_dict().items()}
-    )
+    # both embeddings of the image see it: the half-resolution patches and the full-resolution stage
+    embeddings = ("decoder.embed.proj.weight", "decoder.full_embed.weight")
+    for name in embeddings:
+        assert on.get_parameter(name).shape[1] == 6 and off.get_parameter(name).shape[1] == 3
+    # With the square-root half of the embeddings zeroed, the model is the plain one with the same weights.
+    off.load_state_dict({k: (v[:, :3] if k in embeddings else v) for k, v in on.state_dict().items()})
     x = torch.rand(1, 3, 37, 53)
     with torch.no_grad():
         assert not torch.allclose(on(x), off(x), atol=1e-6)
-        on.decoder.embed.proj.weight[:, 3:] = 0
+        for name in embeddings:
+            on.get_parameter(name)[:, 3:] = 0
         torch.testing.assert_close(on(x), off(x))
 
 
@@ -444,7 +446,7 @@ def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly
 
     torch.manual_seed(0)
     full = LowLightEnhancerLightning(tiny_model(full_res_dim=8)).eval()
-    plain = LowLightEnhancerLightning(tiny_model()).eval()
+    plain = LowLightEnhancerLightning(tiny_model(full_res_dim=0)).eval()
     assert {k for k in full.state_dict() if "full_" in k} and not {
         k for k in plain.state_dict() if "full_" in k
     }
@@ -471,7 +473,7 @@ def test_convolutional_full_resolution_stage_is_its_own_architecture(tmp_path):
 
     torch.manual_seed(0)
     conv = LowLightEnhancerLightning(tiny_model(full_res_dim=8, full_res_block="conv")).eval()
-    attention = LowLightEnhancerLightning(tiny_model(full_res_dim=8)).eval()
+    attention = LowLightEnhancerLightning(tiny_model(full_res_dim=8, full_res_block="transformer")).eval()
     assert isinstance(conv.model.decoder.full_block, ResidualConv)
     assert not isinstance(attention.model.decoder.full_block, ResidualConv)
     _save_checkpoint(conv, tmp_path / "c.ckpt")
@@ -563,7 +565,7 @@ def test_quarter_resolution_context_is_its_own_architecture_and_tiles_exactly(tm
 
     torch.manual_seed(0)
     quarter = LowLightEnhancerLightning(tiny_model(context_patch=4, num_resolution=1)).eval()
-    plain = LowLightEnhancerLightning(tiny_model()).eval()
+    plain = LowLightEnhancerLightning(tiny_model(context_patch=2)).eval()
     assert quarter.model.encoder.embed_illum.proj.stride == (4, 4) and quarter.model.stride == 4
     assert plain.model.encoder.embed_illum.proj.stride == (2, 2) and plain.model.decoder.context_up is None
     with torch.no_grad():

@@ -120,16 +120,17 @@ class ModelHparams(HparamGroup):
     but not yet significant plain PSNR (docs/measurements.md, quality experiments). Checkpoints
     from before this option load with it off."""
 
-    full_res_dim: int = 0
-    """Width of a full-resolution stage in the decoder (0: none): the image embedded at full
+    full_res_dim: int = 32
+    """Width of a full-resolution stage in the decoder (0: none; 32 with ``conv`` blocks and
+    ``context_patch`` 4 is the default since 2026-12-07, docs/measurements.md): the image embedded at full
     resolution, fused with the head's features and refined by ``full_res_block`` before the
     output convolution. Checkpoints from before this option load with it 0."""
-    full_res_block: FullResBlock = "transformer"
+    full_res_block: FullResBlock = "conv"
     """What refines the full-resolution stage (with ``full_res_dim`` > 0): one transformer block
     (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
     noise it removes. Checkpoints from before this option load with ``transformer``."""
 
-    context_patch: ContextPatch = 2
+    context_patch: ContextPatch = 4
     """Patch size of the encoder's embeddings: the context map is at 1/2 (2) or 1/4 (4) of the
     image's resolution. At 4 the encoder's four transformer blocks cost a quarter as much; a learned
     2x2 transposed convolution brings the context to the decoder's first level. Checkpoints from
