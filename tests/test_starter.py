@@ -13,7 +13,7 @@ from PIL import Image
 
 from model import model as model_module
 from model.model import CheckpointError, LowLightEnhancerLightning, resolve_checkpoint, save_weights
-from tests.conftest import ROOT, run_python, tiny_model
+from tests.conftest import ROOT, TINY_MODEL, cli_flags, run_python, tiny_model
 from utils.utils import sha256_of
 
 
@@ -106,7 +106,8 @@ def train(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_init_from_starts_from_the_weights_with_a_fresh_optimizer(starter, tmp_path) -> None:
     common = [
-        *("--embed_dim", "8", "--num_heads", "1", "--image_size", "32", "--batch_size", "2"),
+        *cli_flags(TINY_MODEL),  # the architecture of the tiny starter written by the fixture
+        *("--image_size", "32", "--batch_size", "2"),
         *("--num_workers", "0", "--accelerator", "cpu", "--session", "frozen", "--max_epochs", "1"),
         *(
             "--train_data_path",
