@@ -439,7 +439,7 @@ def test_checkpoint_of_a_standardized_model_reloads_standardized(tmp_path):
 
 
 def test_full_resolution_stage_round_trips_through_checkpoints_and_tiles_exactly(tmp_path):
-    """full_res_dim adds a stage at full resolution (an option under measurement, docs/measurements.md):
+    """full_res_dim adds a stage at full resolution (the default's, docs/model.md):
     its checkpoints rebuild it, older ones load without it, and tiles with the whole image's
     attention still reproduce the whole-image output."""
     from model.model import load_checkpoint

@@ -121,10 +121,10 @@ class ModelHparams(HparamGroup):
     from before this option load with it off."""
 
     full_res_dim: int = 32
-    """Width of a full-resolution stage in the decoder (0: none; 32 with ``conv`` blocks and
-    ``context_patch`` 4 is the default since 2026-12-07, docs/measurements.md): the image embedded at full
-    resolution, fused with the head's features and refined by ``full_res_block`` before the
-    output convolution. Checkpoints from before this option load with it 0."""
+    """Width of a full-resolution stage in the decoder (0: none; why 32 with ``conv`` blocks and
+    ``context_patch`` 4: docs/measurements.md): the image embedded at full resolution, fused
+    with the head's features and refined by ``full_res_block`` before the output convolution.
+    Checkpoints from before this option load with it 0."""
     full_res_block: FullResBlock = "conv"
     """What refines the full-resolution stage (with ``full_res_dim`` > 0): one transformer block
     (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
