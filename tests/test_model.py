@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.blocks.attention import ChannelAttention, TransformerBlock
+from model.blocks.attention import ChannelAttention, TransformerBlock, pixel_norms, pointwise_depthwise
 from model.blocks.enhancer import Enhancer
 from model.blocks.separation import Separation
 from model.model import LowLightEnhancerLightning
@@ -149,6 +149,29 @@ def test_channel_attention_equals_the_per_head_formula(cross):
     )  # (B, heads, d, d)
     expected = attn.proj((weights @ heads(v)).reshape(2, 16, 9, 7))
     torch.testing.assert_close(attn(x, context if cross else None), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_cpu_fast_paths_compute_the_same_function_and_gradients():
+    """On a CPU the attention and feed-forward layers compute each part of a 1x1 + depth-wise pair on
+    its own slice of the weights, and pixel norms as a product with ones (docs/speed.md): the same
+    values and weight gradients as one convolution pair chunked into views, and as vector_norm."""
+    torch.manual_seed(0)
+    pointwise, depthwise = torch.nn.Conv2d(6, 12, 1), torch.nn.Conv2d(12, 12, 3, padding=1, groups=12)
+    x = torch.rand(2, 6, 9, 7).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for separate in (True, False):
+        parts = pointwise_depthwise(x, pointwise, depthwise, parts=3, separate=separate)
+        assert [p.shape for p in parts] == [(2, 4, 9, 7)] * 3
+        if separate:  # each part its own contiguous channels-last map
+            assert all(p.is_contiguous(memory_format=torch.channels_last) for p in parts)
+        sum((p * (i + 1)).square().sum() for i, p in enumerate(parts)).backward()
+        grads.append((parts, pointwise.weight.grad.clone(), depthwise.weight.grad.clone()))
+        pointwise.zero_grad(), depthwise.zero_grad()
+    (fast, *fast_grads), (plain, *plain_grads) = grads
+    for a, b in zip(fast + fast_grads, plain + plain_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    pixels = torch.randn(2, 5000, 8)
+    torch.testing.assert_close(pixel_norms(pixels), torch.linalg.vector_norm(pixels, dim=1))
 
 
 @pytest.mark.parametrize(("patch", "kernel"), [(2, 3), (2, 1), (4, 3)])

@@ -44,6 +44,43 @@ class LayerNorm2d(nn.Module):
         return y.permute(0, 3, 1, 2)  # (B, C, H, W), channels-last
 
 
+def pixel_norms(x: Tensor) -> Tensor:
+    """Euclidean norm of each channel of a pixel view ``(B, H * W, C)`` over its pixels -> ``(B, C)``.
+
+    On a CPU a product with a vector of ones: the matrix-product kernel sums over the pixels 2.5-8x
+    faster than ``torch.linalg.vector_norm(x, dim=1)``, which reduces across the rows (docs/speed.md);
+    elsewhere that one fused kernel.
+    """
+    if x.device.type != "cpu":
+        return torch.linalg.vector_norm(x, dim=1)
+    return (x.new_ones(x.shape[0], 1, x.shape[1]) @ x.square()).squeeze(1).sqrt()
+
+
+def pointwise_depthwise(
+    x: Tensor, pointwise: nn.Conv2d, depthwise: nn.Conv2d, parts: int, separate: bool | None = None
+) -> list[Tensor]:
+    """``depthwise(pointwise(x)).chunk(parts, dim=1)``: a 1x1 convolution, then a depth-wise one, split
+    into ``parts`` equal groups of channels (queries / keys / values, or the two halves of a gate).
+
+    With ``separate`` (the default on a CPU) each part is computed by its own pair of convolutions on
+    its slice of the weights, so it comes out as a contiguous channels-last map: a chunk of one
+    channels-last output is a strided view, on which GELU and products run 2-5x slower on
+    a CPU (docs/speed.md). The same numbers either way; elsewhere (GPU: bound by kernel launches) one
+    convolution each, then views.
+    """
+    if separate is None:
+        separate = x.device.type == "cpu"
+    if not separate:
+        return list(depthwise(pointwise(x)).chunk(parts, dim=1))
+    width = pointwise.out_channels // parts
+    out = []
+    for i in range(0, pointwise.out_channels, width):
+        part = F.conv2d(x, pointwise.weight[i : i + width], pointwise.bias[i : i + width])
+        depth_weight, depth_bias = depthwise.weight[i : i + width], depthwise.bias[i : i + width]
+        out.append(F.conv2d(part, depth_weight, depth_bias, padding=depthwise.padding, groups=width))
+    return out
+
+
 class ChannelAttention(nn.Module):
     """Transposed multi-head attention; self-attention when ``context`` is None, else cross-attention.
 
@@ -89,9 +126,9 @@ class ChannelAttention(nn.Module):
             if context is None:
                 raise ValueError("cross-attention needs a context map")
             q = self.q(x)
-            k, v = self.kv(context).chunk(2, dim=1)
+            k, v = pointwise_depthwise(context, *self.kv, parts=2)
         else:
-            q, k, v = self.qkv(x).chunk(3, dim=1)
+            q, k, v = pointwise_depthwise(x, *self.qkv, parts=3)
         if self.fixed_weights is not None:
             attn = self.fixed_weights
         else:
@@ -113,7 +150,7 @@ class ChannelAttention(nn.Module):
             q, k = q / norm_q.clamp_min(1e-12), k / norm_k.clamp_min(1e-12)
             cosine = q.transpose(1, 2) @ k  # (B, C, C), in [-1, 1]
         else:  # fp32: normalise the small C x C product instead of the two (HW, C) maps (faster)
-            norm_q, norm_k = torch.linalg.vector_norm(q, dim=1), torch.linalg.vector_norm(k, dim=1)  # (B, C)
+            norm_q, norm_k = pixel_norms(q), pixel_norms(k)  # (B, C)
             cosine = (q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :]).clamp_min(
                 1e-12
             )  # (B, C, C)
@@ -133,7 +170,7 @@ class GatedFeedForward(nn.Module):
         self.drop = nn.Dropout(dropout_ratio)
 
     def forward(self, x: Tensor) -> Tensor:
-        a, b = self.dw(self.inp(x)).chunk(2, dim=1)  # 2 x (B, hidden, H, W)
+        a, b = pointwise_depthwise(x, self.inp, self.dw, parts=2)  # 2 x (B, hidden, H, W)
         return self.drop(self.out(F.gelu(a) * b))
 
 
