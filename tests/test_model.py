@@ -151,6 +151,37 @@ def test_channel_attention_equals_the_per_head_formula(cross):
     torch.testing.assert_close(attn(x, context if cross else None), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_in_place_residuals_compute_the_same_function_and_gradients():
+    """The blocks add their residuals into the branch outputs in place (and the gate's product without
+    autograd): the same values and gradients as the out-of-place formulas."""
+    from model.blocks.enhancer import ResidualConv
+
+    torch.manual_seed(0)
+    block, conv = TransformerBlock(8, 2, mlp_ratio=2.0, cross=True), ResidualConv(8)
+    x, context = torch.rand(2, 8, 9, 7, requires_grad=True), torch.rand(2, 8, 9, 7)
+
+    def by_formula(x):
+        ffn = block.ffn
+        x = x + block.attn(block.norm_attn(x), block.norm_context(context))
+        a, b = ffn.dw(ffn.inp(block.norm_ffn(x))).chunk(2, dim=1)
+        x = x + ffn.out(F.gelu(a) * b)
+        return x + conv.conv2(F.gelu(conv.conv1(x)))
+
+    outputs, grads = [], []
+    for fn in (lambda x: conv(block(x, context)), by_formula):
+        y = fn(x)
+        (y * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
+        outputs.append(y.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in (*block.parameters(), *conv.parameters())])
+        x.grad = None
+        block.zero_grad(), conv.zero_grad()
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # the in-place gate
+        torch.testing.assert_close(conv(block(x, context)), outputs[1])
+
+
 def test_the_cpu_fast_paths_compute_the_same_function_and_gradients():
     """On a CPU the attention and feed-forward layers compute each part of a 1x1 + depth-wise pair on
     its own slice of the weights, and pixel norms as a product with ones (docs/speed.md): the same

@@ -171,7 +171,11 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = pointwise_depthwise(x, self.inp, self.dw, parts=2)  # 2 x (B, hidden, H, W)
-        return self.drop(self.out(F.gelu(a) * b))
+        gate = F.gelu(a)
+        # in place when nothing is recorded for a backward pass: one map fewer to allocate and write
+        # (with autograd, an in-place product would save a copy of the gate for its gradient)
+        gate = gate * b if torch.is_grad_enabled() else gate.mul_(b)
+        return self.drop(self.out(gate))
 
 
 class TransformerBlock(nn.Module):
@@ -190,8 +194,10 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.norm_context is not None:
             context = self.norm_context(context)
-        x = x + self.attn(self.norm_attn(x), context)
-        return x + self.ffn(self.norm_ffn(x))
+        # each residual is added into the branch's fresh output: one full-size map fewer per step
+        # (allocations and page faults dominate on a CPU at large sizes; docs/speed.md)
+        x = self.attn(self.norm_attn(x), context).add_(x)
+        return self.ffn(self.norm_ffn(x)).add_(x)
 
 
 @contextmanager

@@ -116,7 +116,7 @@ class ResidualConv(nn.Module):
         self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.gelu(self.conv1(x)))
+        return self.conv2(F.gelu(self.conv1(x))).add_(x)  # the residual added into the fresh output
 
 
 class Decoder(nn.Module):
