@@ -64,7 +64,7 @@ def pointwise_depthwise(
 
     With ``separate`` (the default on a CPU) each part is computed by its own pair of convolutions on
     its slice of the weights, so it comes out as a contiguous channels-last map: a chunk of one
-    channels-last output is a strided view, on which GELU and products run 2-5x slower on
+    channels-last output is a strided view, on which GELU and products run 1.6-5x slower on
     a CPU (docs/speed.md). The same numbers either way; elsewhere (GPU: bound by kernel launches) one
     convolution each, then views.
     """
@@ -195,7 +195,7 @@ class TransformerBlock(nn.Module):
         if self.norm_context is not None:
             context = self.norm_context(context)
         # each residual is added into the branch's fresh output: one full-size map fewer per step
-        # (allocations and page faults dominate on a CPU at large sizes; docs/speed.md)
+        # (on a CPU, allocating and faulting in each new map costs time at large sizes; docs/speed.md)
         x = self.attn(self.norm_attn(x), context).add_(x)
         return self.ffn(self.norm_ffn(x)).add_(x)
 
