@@ -58,6 +58,7 @@ ARCHITECTURE = (
     "full_res_dim",
     "full_res_block",
     "context_patch",
+    "output_gain",
     "exposure_level",
     "exposure_exponent",
 )

@@ -136,6 +136,13 @@ class ModelHparams(HparamGroup):
     2x2 transposed convolution brings the context to the decoder's first level. Checkpoints from
     before this option load with 2."""
 
+    output_gain: bool = False
+    """The output is ``image * (1 + gain) + residual``, with ``gain`` a per-pixel, per-channel map
+    predicted beside the residual (a 3x3 convolution on the last features, starting at zero), as
+    Retinexformer lights up its input; off: ``image + residual``. The gain carries the image's
+    detail to the output scaled, so the residual need not rebuild it. Checkpoints from before this
+    option load with it off."""
+
     exposure_level: float = 0.0
     """With a value in (0, 1): the network sees the image through a global tone curve that brightens
     its shadows so its mean is about this level (learned from here; ``model/blocks/exposure.py``),
@@ -185,6 +192,7 @@ LEGACY_DEFAULTS = {
     "exposure_level": 0.0,
     "exposure_exponent": 1.0,
     "context_patch": 2,
+    "output_gain": False,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

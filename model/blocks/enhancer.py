@@ -162,6 +162,11 @@ class Decoder(nn.Module):
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
         nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
+        self.gain = None
+        if hp.output_gain:  # starts at zero: the model starts as the residual-only one
+            self.gain = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
 
     def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/p, W/p)`` -> enhanced ``(B, c, H, W)``: a
@@ -186,6 +191,8 @@ class Decoder(nn.Module):
         if self.full_res_dim:
             y = self.full_fuse(torch.cat((y, self.full_embed(inputs)), dim=1))  # (B, full_res_dim, H, W)
             y = self.full_block(y)
+        if self.gain is not None:
+            return torch.addcmul(image + self.out(y), image, self.gain(y))  # image * (1 + gain) + residual
         return image + self.out(y)
 
 
