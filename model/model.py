@@ -59,6 +59,7 @@ ARCHITECTURE = (
     "full_res_block",
     "context_patch",
     "output_gain",
+    "output_gain_init",
     "exposure_level",
     "exposure_exponent",
 )

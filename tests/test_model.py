@@ -639,3 +639,44 @@ def test_quarter_resolution_context_is_its_own_architecture_and_tiles_exactly(tm
     quarter = LowLightEnhancerLightning(tiny_model(context_patch=4)).eval()
     image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
     assert _tiled_psnr(quarter.model, image, tile=128, overlap=48) >= 90.0
+
+
+def test_output_gain_lights_up_the_image_and_is_its_own_architecture(tmp_path):
+    """output_gain makes the output ``image * (1 + gain) + residual``: a fresh model computes what the
+    residual-only model with the same weights computes plus ``output_gain_init`` times the image, less
+    that gain times a typical dark input's mean; a constant gain scales the image into the output,
+    every gain weight learns, its checkpoints rebuild it, one from before the option loads without it,
+    and tiles still reproduce the whole image."""
+    from model.blocks.enhancer import INPUT_STATS
+    from model.model import load_checkpoint
+
+    torch.manual_seed(0)
+    lit = LowLightEnhancerLightning(tiny_model(output_gain=True, output_gain_init=2.0)).eval()
+    plain = LowLightEnhancerLightning(tiny_model()).eval()
+    plain.load_state_dict({k: v for k, v in lit.state_dict().items() if ".gain." not in k})
+    plain.model.decoder.out.bias.data.copy_(LowLightEnhancerLightning(tiny_model()).model.decoder.out.bias)
+    x = 0.2 * torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(lit(x), plain(x) + 2.0 * (x - INPUT_STATS["image"][0]))
+        lit.model.decoder.gain.bias.fill_(3.0)  # gain 3 everywhere: the output gains 3 * image
+        torch.testing.assert_close(lit(x), plain(x) + 3.0 * x - 2.0 * INPUT_STATS["image"][0])
+    lit.train()
+    lit(x).square().mean().backward()
+    assert lit.model.decoder.gain.weight.grad.abs().amin() > 0  # zero weights still learn
+    lit.eval()
+
+    _save_checkpoint(lit, tmp_path / "g.ckpt")
+    _save_checkpoint(plain, tmp_path / "p.ckpt", without=["output_gain", "output_gain_init"])
+    with torch.no_grad():
+        assert load_checkpoint(tmp_path / "g.ckpt").hparams.output_gain
+        torch.testing.assert_close(load_checkpoint(tmp_path / "g.ckpt")(x), lit(x))
+        assert not load_checkpoint(tmp_path / "p.ckpt").hparams.output_gain
+        torch.testing.assert_close(load_checkpoint(tmp_path / "p.ckpt")(x), plain(x))
+    with pytest.raises(ValueError, match="output_gain_init"):
+        tiny_model(output_gain=True, output_gain_init=3.0)  # the residual would start below zero
+    with pytest.raises(ValueError, match="output_gain_init"):
+        tiny_model(output_gain_init=1.0)  # silently ignored without output_gain
+
+    torch.nn.init.normal_(lit.model.decoder.gain.weight, std=0.1)  # a gain that varies in space
+    image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
+    assert _tiled_psnr(lit.model, image, tile=128, overlap=48) >= 90.0

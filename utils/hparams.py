@@ -92,6 +92,11 @@ class DataHparams(CacheHparams):
         )
 
 
+MAX_OUTPUT_GAIN_INIT = 2.4
+"""Largest ``output_gain_init``: the residual's starting bias (0.25) less the gain times a dark
+input's mean (0.101) stays positive."""
+
+
 @dataclass
 class ModelHparams(HparamGroup):
     channels: int = 3
@@ -138,10 +143,13 @@ class ModelHparams(HparamGroup):
 
     output_gain: bool = False
     """The output is ``image * (1 + gain) + residual``, with ``gain`` a per-pixel, per-channel map
-    predicted beside the residual (a 3x3 convolution on the last features, starting at zero), as
-    Retinexformer lights up its input; off: ``image + residual``. The gain carries the image's
-    detail to the output scaled, so the residual need not rebuild it. Checkpoints from before this
-    option load with it off."""
+    predicted beside the residual (a 3x3 convolution on the last features), as Retinexformer lights
+    up its input; off: ``image + residual``. The gain carries the image's detail to the output scaled,
+    so the residual need not rebuild it. Checkpoints from before this option load with it off."""
+    output_gain_init: float = 0.0
+    """Where ``output_gain`` starts, everywhere (its convolution's bias; the weights start at zero).
+    The residual's bias starts lower by this times the mean of a dark input (``INPUT_STATS``), so a
+    fresh model brightens a typical dark image as much as without the gain; at most 2.4."""
 
     exposure_level: float = 0.0
     """With a value in (0, 1): the network sees the image through a global tone curve that brightens
@@ -163,6 +171,14 @@ class ModelHparams(HparamGroup):
         _check(
             self.context_patch in get_args(ContextPatch),
             f"context_patch must be one of {get_args(ContextPatch)}, got {self.context_patch!r}",
+        )
+        _check(
+            0 <= self.output_gain_init <= MAX_OUTPUT_GAIN_INIT,
+            f"output_gain_init must be in [0, {MAX_OUTPUT_GAIN_INIT}], got {self.output_gain_init}",
+        )
+        _check(
+            self.output_gain or not self.output_gain_init,
+            f"output_gain_init ({self.output_gain_init}) only applies with output_gain true",
         )
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
@@ -193,6 +209,7 @@ LEGACY_DEFAULTS = {
     "exposure_exponent": 1.0,
     "context_patch": 2,
     "output_gain": False,
+    "output_gain_init": 0.0,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

@@ -25,6 +25,10 @@ full resolution, a 1x1 convolution fuses them with the head's features, and one 
 (channel self-attention, linear in pixels) or, with ``full_res_block`` ``conv``, a residual pair of
 3x3 convolutions refines them before the output convolution.
 
+With ``output_gain`` the output convolution's residual is joined by a gain map from a second 3x3
+convolution on the same features: the output is ``image * (1 + gain) + residual`` (the gain starts
+at ``output_gain_init`` everywhere).
+
 All attention is channel attention (:mod:`model.blocks.attention`), so cost is linear in the
 number of pixels. Features live at half resolution (a patch embedding equal to pixel-unshuffle + conv) and the
 U-Net halves the resolution ``num_resolution - 1`` more times, so inputs are padded (replicate) to
@@ -163,10 +167,11 @@ class Decoder(nn.Module):
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
         nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
         self.gain = None
-        if hp.output_gain:  # starts at zero: the model starts as the residual-only one
+        if hp.output_gain:  # a constant gain to start from; the residual's offset less what it adds
             self.gain = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
             nn.init.zeros_(self.gain.weight)
-            nn.init.zeros_(self.gain.bias)
+            nn.init.constant_(self.gain.bias, hp.output_gain_init)
+            nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT - hp.output_gain_init * INPUT_STATS["image"][0])
 
     def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/p, W/p)`` -> enhanced ``(B, c, H, W)``: a
