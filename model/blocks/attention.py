@@ -92,13 +92,20 @@ class ChannelAttention(nn.Module):
     ``v @ attn^T`` on the ``(B, H * W, C)`` values, already channels-last.
     """
 
-    def __init__(self, dim: int, num_heads: int, cross: bool = False, dropout_ratio: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        cross: bool = False,
+        dropout_ratio: float = 0.0,
+        temperature_init: float = 1.0,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.cross = cross
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), float(temperature_init)))
         if cross:
             self.q = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 3, padding=1, groups=dim))
             self.kv = nn.Sequential(
@@ -182,12 +189,18 @@ class TransformerBlock(nn.Module):
     """Pre-norm block: ``x + attention(norm(x)[, norm(context)])`` then ``x + ffn(norm(x))``."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float, cross: bool = False, dropout_ratio: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        cross: bool = False,
+        dropout_ratio: float = 0.0,
+        temperature_init: float = 1.0,
     ) -> None:
         super().__init__()
         self.norm_attn = LayerNorm2d(dim)
         self.norm_context = LayerNorm2d(dim) if cross else None
-        self.attn = ChannelAttention(dim, num_heads, cross=cross, dropout_ratio=dropout_ratio)
+        self.attn = ChannelAttention(dim, num_heads, cross, dropout_ratio, temperature_init)
         self.norm_ffn = LayerNorm2d(dim)
         self.ffn = GatedFeedForward(dim, mlp_ratio, dropout_ratio)
 

@@ -92,7 +92,8 @@ class Encoder(nn.Module):
     def __init__(self, hp: ModelHparams) -> None:
         super().__init__()
         c, dim = hp.channels, hp.embed_dim
-        block = dict(dim=dim, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
+        block = dict(dim=dim, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio)
+        block |= dict(dropout_ratio=hp.dropout_ratio, temperature_init=hp.temperature_init)
         stats, patch = hp.standardize_inputs, hp.context_patch
         self.embed_illum = PatchEmbed(c, dim, patch, **input_stats(["illumination"], c, stats))
         self.embed_refl = PatchEmbed(c, dim, patch, **input_stats(["reflectance"], c, stats))
@@ -136,6 +137,7 @@ class Decoder(nn.Module):
         dims = [hp.embed_dim * 2**i for i in range(num_resolution)]
         heads = [hp.num_heads * 2**i for i in range(num_resolution)]
         kw = dict(mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
+        kw |= dict(temperature_init=hp.temperature_init)
         self.sqrt_input = hp.sqrt_input
         inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
         self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
