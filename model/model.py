@@ -59,7 +59,6 @@ ARCHITECTURE = (
     "full_res_block",
     "context_patch",
     "output_gain",
-    "output_gain_init",
     "exposure_level",
     "exposure_exponent",
 )

@@ -680,3 +680,40 @@ def test_output_gain_lights_up_the_image_and_is_its_own_architecture(tmp_path):
     torch.nn.init.normal_(lit.model.decoder.gain.weight, std=0.1)  # a gain that varies in space
     image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
     assert _tiled_psnr(lit.model, image, tile=128, overlap=48) >= 90.0
+
+
+def test_temperature_init_sets_where_every_attention_head_starts(tmp_path):
+    """temperature_init is where every attention head's temperature starts (encoder, decoder and a
+    full-resolution transformer stage alike); it is a starting point, not architecture: a checkpoint
+    keeps its trained temperatures and value, and one from before the option loads with 1.0."""
+    from model.model import check_compatible, load_checkpoint, read_checkpoint
+
+    torch.manual_seed(0)
+    sharp = LowLightEnhancerLightning(
+        tiny_model(temperature_init=4.0, full_res_dim=8, full_res_block="transformer")
+    )
+    heads = [m.temperature for m in sharp.modules() if isinstance(m, ChannelAttention)]
+    assert any(t is sharp.model.decoder.full_block.attn.temperature for t in heads)
+    assert len(heads) > 5 and all(bool((t == 4.0).all()) for t in heads)
+    default = LowLightEnhancerLightning(tiny_model())
+    assert all(
+        bool((m.temperature == 1.0).all()) for m in default.modules() if isinstance(m, ChannelAttention)
+    )
+    with pytest.raises(ValueError, match="temperature_init"):
+        tiny_model(temperature_init=0.0)
+
+    with torch.no_grad():
+        heads[0].fill_(2.5)  # as if trained
+    _save_checkpoint(sharp.eval(), tmp_path / "s.ckpt")
+    _save_checkpoint(default.eval(), tmp_path / "d.ckpt", without=["temperature_init"])
+    loaded = load_checkpoint(tmp_path / "s.ckpt")
+    assert (
+        loaded.hparams.temperature_init == 4.0
+        and float(loaded.model.encoder.self_illum.attn.temperature[0]) == 2.5
+    )
+    assert load_checkpoint(tmp_path / "d.ckpt").hparams.temperature_init == 1.0
+    # fine-tuning a checkpoint with another starting temperature is allowed: the weights fit
+    other = LowLightEnhancerLightning(
+        tiny_model(temperature_init=1.0, full_res_dim=8, full_res_block="transformer")
+    )
+    check_compatible(other, read_checkpoint(tmp_path / "s.ckpt"), "s.ckpt")
