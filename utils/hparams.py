@@ -119,6 +119,10 @@ class ModelHparams(HparamGroup):
     """Where every attention head's learned temperature starts (it scales the cosine similarities
     before the softmax, so it sets how sharp attention is). In a short training it barely moves:
     after the 1500 steps of ``tools.quality`` every head was within 2 % of 1.0."""
+    zero_init_residuals: bool = False
+    """Every residual branch (each transformer block's attention and feed-forward, the
+    full-resolution convolution pair) starts with its last layer at zero, so every block starts as
+    the identity. A starting point, not architecture."""
     sqrt_input: bool = True
     """The decoder's patch embedding also sees the square root of the image, a brightened copy that
     spreads the dark values (what it gains: docs/model.md). Checkpoints from before this option load
@@ -216,6 +220,7 @@ LEGACY_DEFAULTS = {
     "output_gain": False,
     "output_gain_init": 0.0,
     "temperature_init": 1.0,
+    "zero_init_residuals": False,
 }
 """Values of :class:`ModelHparams` fields added after a checkpoint (or a ``tools.quality`` result)
 was written, as that model had them (the square-root input and the input standardisation came in

@@ -196,6 +196,7 @@ class TransformerBlock(nn.Module):
         cross: bool = False,
         dropout_ratio: float = 0.0,
         temperature_init: float = 1.0,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         self.norm_attn = LayerNorm2d(dim)
@@ -203,6 +204,10 @@ class TransformerBlock(nn.Module):
         self.attn = ChannelAttention(dim, num_heads, cross, dropout_ratio, temperature_init)
         self.norm_ffn = LayerNorm2d(dim)
         self.ffn = GatedFeedForward(dim, mlp_ratio, dropout_ratio)
+        if zero_init:  # both branches start at zero: the block starts as the identity
+            for last in (self.attn.proj, self.ffn.out):
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.norm_context is not None:

@@ -94,6 +94,7 @@ class Encoder(nn.Module):
         c, dim = hp.channels, hp.embed_dim
         block = dict(dim=dim, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio)
         block |= dict(dropout_ratio=hp.dropout_ratio, temperature_init=hp.temperature_init)
+        block |= dict(zero_init=hp.zero_init_residuals)
         stats, patch = hp.standardize_inputs, hp.context_patch
         self.embed_illum = PatchEmbed(c, dim, patch, **input_stats(["illumination"], c, stats))
         self.embed_refl = PatchEmbed(c, dim, patch, **input_stats(["reflectance"], c, stats))
@@ -115,10 +116,13 @@ class Encoder(nn.Module):
 class ResidualConv(nn.Module):
     """``x + conv3x3(gelu(conv3x3(x)))`` at constant width: local refinement at full resolution."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, zero_init: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
+        if zero_init:  # starts as the identity
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv2(F.gelu(self.conv1(x))).add_(x)  # the residual added into the fresh output
@@ -137,7 +141,7 @@ class Decoder(nn.Module):
         dims = [hp.embed_dim * 2**i for i in range(num_resolution)]
         heads = [hp.num_heads * 2**i for i in range(num_resolution)]
         kw = dict(mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
-        kw |= dict(temperature_init=hp.temperature_init)
+        kw |= dict(temperature_init=hp.temperature_init, zero_init=hp.zero_init_residuals)
         self.sqrt_input = hp.sqrt_input
         inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
         self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
@@ -163,7 +167,7 @@ class Decoder(nn.Module):
             self.full_embed = nn.Conv2d(len(inputs) * c, full_res_dim, kernel_size=3, padding=1)
             self.full_fuse = nn.Conv2d(HEAD_CHANNELS + full_res_dim, full_res_dim, kernel_size=1)
             if hp.full_res_block == "conv":
-                self.full_block = ResidualConv(full_res_dim)
+                self.full_block = ResidualConv(full_res_dim, zero_init=hp.zero_init_residuals)
             else:
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
