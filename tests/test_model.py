@@ -717,3 +717,39 @@ def test_temperature_init_sets_where_every_attention_head_starts(tmp_path):
         tiny_model(temperature_init=1.0, full_res_dim=8, full_res_block="transformer")
     )
     check_compatible(other, read_checkpoint(tmp_path / "s.ckpt"), "s.ckpt")
+
+
+def test_zero_init_residuals_start_every_block_as_the_identity_and_still_train_every_weight():
+    """zero_init_residuals starts every residual branch at zero (transformer blocks and the
+    full-resolution pair), so each block is the identity at first; within a few optimizer steps
+    (one per zero branch on the way to the output) every parameter receives a gradient, so nothing
+    stays frozen at zero."""
+    from model.blocks.attention import TransformerBlock
+    from model.blocks.enhancer import ResidualConv
+
+    torch.manual_seed(0)
+    model = tiny_enhancer(zero_init_residuals=True, full_res_dim=8)
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock | ResidualConv)]
+    assert any(isinstance(m, ResidualConv) for m in blocks) and len(blocks) > 5
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        for block in blocks:
+            if isinstance(block, ResidualConv):
+                torch.testing.assert_close(block(x), x)
+            else:
+                dim = block.norm_attn.weight.numel()
+                y = torch.randn(2, dim, 12, 12)
+                inputs = (y, torch.randn(2, dim, 12, 12)) if block.norm_context is not None else (y,)
+                torch.testing.assert_close(block(*inputs), y)
+    assert not any(bool((m.attn.proj.weight != 0).any()) for m in blocks if isinstance(m, TransformerBlock))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    image, target = 0.2 * torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    for _ in range(4):  # the encoder's queries sit behind three zero branches
+        optimizer.zero_grad()
+        F.l1_loss(model(image), target).backward()
+        optimizer.step()
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    ]
+    assert not missing, missing
