@@ -118,11 +118,13 @@ class ModelHparams(HparamGroup):
     temperature_init: float = 1.0
     """Where every attention head's learned temperature starts (it scales the cosine similarities
     before the softmax, so it sets how sharp attention is). In a short training it barely moves:
-    after the 1500 steps of ``tools.quality`` every head was within 2 % of 1.0."""
+    after the 1500 steps of ``tools.quality`` every head was within 2 % of 1.0. Starting at 4 changed
+    nothing, at 12 the model scored worse (docs/model.md). A starting point, not architecture."""
     zero_init_residuals: bool = False
     """Every residual branch (each transformer block's attention and feed-forward, the
     full-resolution convolution pair) starts with its last layer at zero, so every block starts as
-    the identity. A starting point, not architecture."""
+    the identity. It fitted worse in ``tools.quality``'s short training (docs/model.md). A starting
+    point, not architecture."""
     sqrt_input: bool = True
     """The decoder's patch embedding also sees the square root of the image, a brightened copy that
     spreads the dark values (what it gains: docs/model.md). Checkpoints from before this option load
@@ -152,8 +154,9 @@ class ModelHparams(HparamGroup):
     output_gain: bool = False
     """The output is ``image * (1 + gain) + residual``, with ``gain`` a per-pixel, per-channel map
     predicted beside the residual (a 3x3 convolution on the last features), as Retinexformer lights
-    up its input; off: ``image + residual``. The gain carries the image's detail to the output scaled,
-    so the residual need not rebuild it. Checkpoints from before this option load with it off."""
+    up its input; off: ``image + residual``. Not the default: started at zero the gain stayed unused,
+    started higher the model fitted worse (docs/model.md). Checkpoints from before this option load
+    with it off."""
     output_gain_init: float = 0.0
     """Where ``output_gain`` starts, everywhere (its convolution's bias; the weights start at zero).
     The residual's bias starts lower by this times the mean of a dark input (``INPUT_STATS``), so a
