@@ -80,6 +80,17 @@ def input_stats(inputs: list[str], channels: int, standardize: bool) -> dict:
     }
 
 
+def block_options(hp: ModelHparams) -> dict:
+    """The keyword arguments every :class:`TransformerBlock` of the enhancer shares (all but its
+    width, heads and ``cross``)."""
+    return dict(
+        mlp_ratio=hp.mlp_ratio,
+        dropout_ratio=hp.dropout_ratio,
+        temperature_init=hp.temperature_init,
+        zero_init=hp.zero_init_residuals,
+    )
+
+
 def channels_last(x: Tensor) -> Tensor:
     """The layout every block below works in (a copy only when ``x`` is not channels-last yet)."""
     return x.contiguous(memory_format=torch.channels_last)
@@ -92,9 +103,7 @@ class Encoder(nn.Module):
     def __init__(self, hp: ModelHparams) -> None:
         super().__init__()
         c, dim = hp.channels, hp.embed_dim
-        block = dict(dim=dim, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio)
-        block |= dict(dropout_ratio=hp.dropout_ratio, temperature_init=hp.temperature_init)
-        block |= dict(zero_init=hp.zero_init_residuals)
+        block = dict(dim=dim, num_heads=hp.num_heads, **block_options(hp))
         stats, patch = hp.standardize_inputs, hp.context_patch
         self.embed_illum = PatchEmbed(c, dim, patch, **input_stats(["illumination"], c, stats))
         self.embed_refl = PatchEmbed(c, dim, patch, **input_stats(["reflectance"], c, stats))
@@ -140,8 +149,7 @@ class Decoder(nn.Module):
         c, num_resolution, full_res_dim = hp.channels, hp.num_resolution, hp.full_res_dim
         dims = [hp.embed_dim * 2**i for i in range(num_resolution)]
         heads = [hp.num_heads * 2**i for i in range(num_resolution)]
-        kw = dict(mlp_ratio=hp.mlp_ratio, dropout_ratio=hp.dropout_ratio)
-        kw |= dict(temperature_init=hp.temperature_init, zero_init=hp.zero_init_residuals)
+        kw = block_options(hp)
         self.sqrt_input = hp.sqrt_input
         inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
         self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
@@ -171,13 +179,14 @@ class Decoder(nn.Module):
             else:
                 self.full_block = TransformerBlock(full_res_dim, 1, **kw)
         self.out = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
-        nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT)
+        # with an output gain, the residual's offset less what the starting gain adds to a dark input
+        # (output_gain_init is 0 without output_gain)
+        nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT - hp.output_gain_init * INPUT_STATS["image"][0])
         self.gain = None
-        if hp.output_gain:  # a constant gain to start from; the residual's offset less what it adds
+        if hp.output_gain:  # a constant gain to start from
             self.gain = nn.Conv2d(full_res_dim or HEAD_CHANNELS, c, kernel_size=3, padding=1)
             nn.init.zeros_(self.gain.weight)
             nn.init.constant_(self.gain.bias, hp.output_gain_init)
-            nn.init.constant_(self.out.bias, OUTPUT_BIAS_INIT - hp.output_gain_init * INPUT_STATS["image"][0])
 
     def forward(self, image: Tensor, context: Tensor, source: Tensor | None = None) -> Tensor:
         """``image (B, c, H, W)``, ``context (B, D, H/p, W/p)`` -> enhanced ``(B, c, H, W)``: a
