@@ -57,6 +57,8 @@ ARCHITECTURE = (
     "standardize_inputs",
     "full_res_dim",
     "full_res_block",
+    "full_res_stem",
+    "full_res_stem_blocks",
     "context_patch",
     "output_gain",
     "exposure_level",

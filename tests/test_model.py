@@ -610,6 +610,48 @@ def test_exposure_curve_round_trips_through_checkpoints_and_tiles_exactly(tmp_pa
     assert curved.model.exposure.fixed_mean is None  # released after the image
 
 
+def test_full_resolution_stem_embeds_the_first_level_from_full_resolution_features(tmp_path):
+    """full_res_stem makes the U-Net's first level come from the full-resolution features (a 2x2
+    stride-2 convolution of them) and the last stage fuse with those same features: the first level
+    depends on the stem's weights, its checkpoints rebuild it, a full-resolution checkpoint from
+    before the option loads without it, the option needs a full-resolution stage, and tiles still
+    reproduce the whole image."""
+    from model.blocks.enhancer import ResidualConv
+    from model.model import load_checkpoint
+
+    torch.manual_seed(0)
+    stem = LowLightEnhancerLightning(
+        tiny_model(full_res_dim=8, full_res_block="conv", full_res_stem=True, full_res_stem_blocks=1)
+    ).eval()
+    plain = LowLightEnhancerLightning(tiny_model(full_res_dim=8, full_res_block="conv")).eval()
+    decoder = stem.model.decoder
+    assert decoder.embed.body.in_channels == 8 and decoder.embed.body.stride == (2, 2)
+    assert sum(isinstance(m, ResidualConv) for m in decoder.stem) == 1 and plain.model.decoder.stem is None
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        before = stem(x)
+        decoder.stem[1].conv2.weight.add_(
+            0.1
+        )  # the stem's block feeds both the first level and the last stage
+        changed = stem(x)
+        decoder.stem[1].conv2.weight.sub_(0.1)
+    assert (changed - before).abs().max() > 1e-3
+    _save_checkpoint(stem, tmp_path / "s.ckpt")
+    _save_checkpoint(plain, tmp_path / "p.ckpt", without=["full_res_stem", "full_res_stem_blocks"])
+    with torch.no_grad():
+        assert load_checkpoint(tmp_path / "s.ckpt").hparams.full_res_stem_blocks == 1
+        torch.testing.assert_close(load_checkpoint(tmp_path / "s.ckpt")(x), stem(x))
+        assert not load_checkpoint(tmp_path / "p.ckpt").hparams.full_res_stem
+        torch.testing.assert_close(load_checkpoint(tmp_path / "p.ckpt")(x), plain(x))
+    with pytest.raises(ValueError, match="full_res_stem needs"):
+        tiny_model(full_res_dim=0, full_res_stem=True)
+    with pytest.raises(ValueError, match="full_res_stem_blocks"):
+        tiny_model(full_res_dim=8, full_res_stem_blocks=2)  # silently ignored without the stem
+
+    image = 0.3 * torch.rand(1, 3, 200, 263, generator=torch.Generator().manual_seed(1))
+    assert _tiled_psnr(stem.model, image, tile=128, overlap=48) >= 90.0
+
+
 def test_quarter_resolution_context_is_its_own_architecture_and_tiles_exactly(tmp_path):
     """context_patch 4 runs the encoder at a quarter of the resolution (its blocks cost a quarter as
     much): any image size still comes back at its own size, its checkpoints rebuild it, a checkpoint

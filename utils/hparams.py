@@ -144,6 +144,15 @@ class ModelHparams(HparamGroup):
     """What refines the full-resolution stage (with ``full_res_dim`` > 0): one transformer block
     (channel attention, 1 head), or ``conv``: a residual pair of 3x3 convolutions, local like the
     noise it removes. Checkpoints from before this option load with ``transformer``."""
+    full_res_stem: bool = False
+    """With ``full_res_dim`` > 0: the U-Net's first level is embedded from the full-resolution
+    features (the 3x3 embedding of the image, after a GELU and ``full_res_stem_blocks`` residual pairs
+    of 3x3 convolutions) by a 2x2 convolution of stride 2, instead of from the image's pixels, and the
+    full-resolution stage fuses the head's features with those same features: a full-resolution
+    first level on both sides of the U-Net. Checkpoints from before this option load with it off."""
+    full_res_stem_blocks: int = 0
+    """Residual pairs of 3x3 convolutions on the full-resolution features before the U-Net's first
+    level (with ``full_res_stem``)."""
 
     context_patch: ContextPatch = 4
     """Patch size of the encoder's embeddings: the context map is at 1/2 (2) or 1/4 (4) of the
@@ -195,6 +204,18 @@ class ModelHparams(HparamGroup):
         _check(self.channels >= 1, f"channels must be >= 1, got {self.channels}")
         _check(self.full_res_dim >= 0, f"full_res_dim must be >= 0, got {self.full_res_dim}")
         _check(
+            self.full_res_dim > 0 or not self.full_res_stem,
+            "full_res_stem needs a full-resolution stage (full_res_dim > 0)",
+        )
+        _check(
+            self.full_res_stem_blocks >= 0,
+            f"full_res_stem_blocks must be >= 0, got {self.full_res_stem_blocks}",
+        )
+        _check(
+            self.full_res_stem or not self.full_res_stem_blocks,
+            f"full_res_stem_blocks ({self.full_res_stem_blocks}) only applies with full_res_stem true",
+        )
+        _check(
             self.full_res_block in get_args(FullResBlock),
             f"full_res_block must be one of {get_args(FullResBlock)}, got {self.full_res_block!r}",
         )
@@ -217,6 +238,8 @@ LEGACY_DEFAULTS = {
     "standardize_inputs": False,
     "full_res_dim": 0,
     "full_res_block": "transformer",
+    "full_res_stem": False,
+    "full_res_stem_blocks": 0,
     "exposure_level": 0.0,
     "exposure_exponent": 1.0,
     "context_patch": 2,

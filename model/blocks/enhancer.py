@@ -23,7 +23,10 @@ With ``full_res_dim`` > 0 the decoder also works at full resolution, where the n
 lives: a 3x3 convolution embeds the image (and its square root) into ``full_res_dim`` channels at
 full resolution, a 1x1 convolution fuses them with the head's features, and one transformer block
 (channel self-attention, linear in pixels) or, with ``full_res_block`` ``conv``, a residual pair of
-3x3 convolutions refines them before the output convolution.
+3x3 convolutions refines them before the output convolution. With ``full_res_stem`` those
+full-resolution features (after a GELU and ``full_res_stem_blocks`` residual pairs) are also what the
+U-Net's first level is embedded from (a 2x2 convolution of stride 2), and what the last stage fuses
+with the head's: a full-resolution level on both sides of the U-Net.
 
 With ``output_gain`` the output convolution's residual is joined by a gain map from a second 3x3
 convolution on the same features: the output is ``image * (1 + gain) + residual`` (the gain starts
@@ -152,7 +155,16 @@ class Decoder(nn.Module):
         kw = block_options(hp)
         self.sqrt_input = hp.sqrt_input
         inputs = ["image", "sqrt"] if hp.sqrt_input else ["image"]
-        self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
+        self.stem = None
+        if hp.full_res_stem:  # the first level from full-resolution features (full_res_dim > 0)
+            blocks = (
+                ResidualConv(full_res_dim, zero_init=hp.zero_init_residuals)
+                for _ in range(hp.full_res_stem_blocks)
+            )
+            self.stem = nn.Sequential(nn.GELU(), *blocks)
+            self.embed = Downsample(full_res_dim, dims[0])
+        else:
+            self.embed = PatchEmbed(len(inputs) * c, dims[0], **input_stats(inputs, c, hp.standardize_inputs))
         # a context at 1/4 resolution is brought to the first level's 1/2 (context_patch 4)
         self.context_up = Upsample(dims[0], dims[0]) if hp.context_patch == 4 else None
         self.context_down = nn.ModuleList(Downsample(dims[i], dims[i + 1]) for i in range(num_resolution - 1))
@@ -197,7 +209,11 @@ class Decoder(nn.Module):
         source = image if source is None else source
         # with sqrt_input, a brightened copy (gamma 1/2) beside the image: dark values spread out
         inputs = torch.cat((source, source.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else source
-        x = self.embed(inputs)  # (B, D, H/2, W/2)
+        if self.stem is None:
+            x = self.embed(inputs)  # (B, D, H/2, W/2)
+        else:
+            full = self.stem(self.full_embed(inputs))  # (B, full_res_dim, H, W), kept for the last stage
+            x = self.embed(full)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
             x = block(x)
@@ -209,7 +225,8 @@ class Decoder(nn.Module):
             x = self.up_blocks[i](x, contexts[i])
         y = F.gelu(self.head(x))  # (B, HEAD_CHANNELS, H, W)
         if self.full_res_dim:
-            y = self.full_fuse(torch.cat((y, self.full_embed(inputs)), dim=1))  # (B, full_res_dim, H, W)
+            full = self.full_embed(inputs) if self.stem is None else full
+            y = self.full_fuse(torch.cat((y, full), dim=1))  # (B, full_res_dim, H, W)
             y = self.full_block(y)
         if self.gain is not None:
             return torch.addcmul(image + self.out(y), image, self.gain(y))  # image * (1 + gain) + residual
