@@ -171,3 +171,14 @@ def test_every_flag_in_the_docs_is_one_its_script_accepts():
         if flag not in options[script]
     )
     assert not wrong, "flags the scripts' --help does not list:\n" + "\n".join(wrong)
+
+
+def test_training_doc_lists_every_model_field():
+    """docs/training.md's list of model fields names every field of ModelHparams (a new option that
+    is missing there is a flag a reader cannot find)."""
+    from utils.hparams import ModelHparams, field_names
+
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    listed = text[text.index("Model fields:") : text.index("optimizer:")]
+    missing = [name for name in field_names(ModelHparams) if f"`{name}`" not in listed]
+    assert not missing, f"docs/training.md's model fields lack {missing}"
