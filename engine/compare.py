@@ -96,11 +96,15 @@ def _kind(path: Path, array: np.ndarray) -> str:
 
 
 def check_folders(
-    methods: list[Method], pairs: dict[str, list[ImagePair]], references: dict[Path, tuple[int, int]]
+    methods: list[Method],
+    pairs: dict[str, list[ImagePair]],
+    references: dict[Path, tuple[int, int]],
+    keep: DecodedImages | None = None,
 ) -> dict[str, FolderOutputs]:
     """Match every folder method's files to the split's images and check them (decoded, same size as
     the reference: ``high`` where there is one, else ``low``); raise one :class:`DataError` with every
-    problem, naming the method and the file. Files that match no image are a warning."""
+    problem, naming the method and the file. Files that match no image are a warning. Each checked
+    output is offered to ``keep``, so scoring need not decode it again while the budget holds."""
     found, problems = {}, []
     for method in (m for m in methods if m.kind == "folder"):
         outputs = FolderOutputs()
@@ -144,6 +148,8 @@ def check_folders(
                     )
                     continue
                 outputs.files[(dataset, pair.name)] = paths[0]
+                if keep is not None:
+                    keep.offer(paths[0], array)
                 kind = _kind(paths[0], array)
                 outputs.kinds[kind] = outputs.kinds.get(kind, 0) + 1
         if outputs.extra:
@@ -180,8 +186,8 @@ def score_methods(
 ) -> list[dict]:
     """One row per method and image: ``{method, dataset, image, **scores}``. ``enhancers`` maps a
     checkpoint method's label to ``(1, 3, H, W) -> (1, 3, H, W)``; ``image(path)`` loads a split image
-    as ``(1, 3, H, W)`` in [0, 1]; ``keep(label, dataset, pair, low, output, high)`` sees every output
-    (the report's thumbnails)."""
+    or a folder method's output as ``(1, 3, H, W)`` in [0, 1]; ``keep(label, dataset, pair, low,
+    output, high)`` sees every output (the report's thumbnails)."""
     rows = []
     for dataset, group in pairs.items():
         for pair in group:
@@ -191,9 +197,7 @@ def score_methods(
                 if method.kind == "checkpoint":
                     output = enhancers[method.label](low)
                 else:
-                    output = to_unit_float(
-                        decode_image_array(folders[method.label].files[(dataset, pair.name)])
-                    )[None]
+                    output = image(folders[method.label].files[(dataset, pair.name)])
                 rows.append(
                     {
                         "method": method.label,
@@ -383,11 +387,12 @@ def gt_columns(metrics: list[str]) -> list[str]:
 
 
 def load_split_image(decoded: DecodedImages):
-    """``image(path)``: a split image as ``(1, 3, H, W)`` in [0, 1], from ``decoded`` when kept there."""
+    """``image(path)``: a split image or a folder method's output as ``(1, 3, H, W)`` in [0, 1], from
+    ``decoded`` when kept there; scoring uses each once, so it is released from there."""
     from data.utils import load_image
 
     def image(path: Path) -> torch.Tensor:
-        array = decoded.get(path)
+        array = decoded.pop(path, None)
         return (load_image(path) if array is None else to_unit_float(array)).unsqueeze(0)
 
     return image
@@ -429,7 +434,7 @@ def run_compare(
                 if path is not None and path not in references:
                     array = decoded.get(path)
                     references[path] = (array if array is not None else decode_image_array(path)).shape[:2]
-    folders = check_folders(methods, pairs, references)
+    folders = check_folders(methods, pairs, references, keep=decoded)
     enhancers, sources = {}, {}
     for method in methods:
         if method.kind == "checkpoint":

@@ -281,3 +281,30 @@ def test_the_report_works_in_a_real_browser(bench, browser, tmp_path) -> None:
     assert "20%" in over.get_attribute("style")
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
+
+
+def test_folder_outputs_are_decoded_once_and_score_as_read_from_disk(bench, tmp_path, monkeypatch) -> None:
+    """The outputs decoded to check a folder are the ones scored (no second decode while they fit
+    --cache_gb), and the scores are those of reading every file again (--cache_gb 0)."""
+    import engine.compare as compare
+    from data import utils as data_utils
+
+    decodes: list[Path] = []
+    original = data_utils.decode_image_array
+
+    def counting(path, *args, **kwargs):
+        decodes.append(Path(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "decode_image_array", counting)
+    monkeypatch.setattr(data_utils, "decode_image_array", counting)
+    methods = parse_methods([f"gamma={bench['root'] / 'gamma'}", f"deep={bench['root'] / 'deep'}"])
+    split = str(bench["root"] / "bench")
+    device = torch.device("cpu")
+    kept = compare.run_compare(methods, split, tmp_path / "kept", ["PSNR"], True, None, device, cache_gb=1.0)
+    outputs = [p for p in decodes if "gamma" in p.parts or "deep" in p.parts]
+    assert len(outputs) == 2 * len(NAMES) and len(set(outputs)) == len(outputs)
+    decodes.clear()
+    again = compare.run_compare(methods, split, tmp_path / "disk", ["PSNR"], True, None, device, cache_gb=0.0)
+    assert len([p for p in decodes if "gamma" in p.parts]) == 2 * len(NAMES)  # checked, then read again
+    assert [r["PSNR"] for r in kept.rows] == [r["PSNR"] for r in again.rows]
