@@ -62,7 +62,7 @@ COMPARED = {
 lower-is-better; the others higher). The PSNR/SSIM scores are also compared per regime."""
 PER_REGIME = ("psnr", "ssim", "psnr_gtmean")
 
-Model = Literal["illrecnet", "yardstick"]
+Model = Literal["illrecnet", "yardstick", "retinexformer"]
 
 
 @dataclass

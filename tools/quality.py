@@ -71,6 +71,10 @@ HOLDOUT_STRIDE = 2
 """Every HOLDOUT_STRIDE-th photo of holdout_dir (sorted by name) is held out: 40 of SunHays80."""
 
 
+MODELS = ("illrecnet", "yardstick", "retinexformer")
+"""What ``--models`` can name."""
+
+
 @dataclass
 class QualityHparams(ModelHparams):
     """Train IllRecNet and the yardstick with one recipe; compare held-out PSNR/SSIM."""
@@ -107,7 +111,8 @@ class QualityHparams(ModelHparams):
     """Where the models train and run (the crops are synthesized on the CPU either way). CUDA runs
     in strict fp32 (TF32 off) so the recipe stays the same; scores move by run-to-run noise only."""
     models: list[str] = field(default_factory=lambda: ["illrecnet", "yardstick"])
-    """Which models to train: illrecnet, yardstick or both."""
+    """Which models to train, of illrecnet, yardstick and retinexformer (a reference model with
+    Retinexformer's layout, ``tools/retinexformer.py``; about 7x the yardstick's training time)."""
     output: str = "runs/quality/quality.json"
     """JSON results (written atomically)."""
     models_dir: str | None = None
@@ -138,11 +143,9 @@ class QualityHparams(ModelHparams):
             wrong = sorted(set(names) - set(REGIMES))
             if wrong or not names or len(set(names)) != len(names):
                 raise ValueError(f"{name} must be distinct names of [{', '.join(REGIMES)}], got {names}")
-        unknown = sorted(set(self.models) - {"illrecnet", "yardstick"})
+        unknown = sorted(set(self.models) - set(MODELS))
         if unknown or not self.models:
-            raise ValueError(
-                f"models must be a non-empty subset of [illrecnet, yardstick], got {self.models}"
-            )
+            raise ValueError(f"models must be a non-empty subset of [{', '.join(MODELS)}], got {self.models}")
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -248,10 +251,13 @@ def holdout_pairs(
 # ---------------------------------------------------------------------------------------- training
 def build_model(name: str, hp: QualityHparams) -> nn.Module:
     from model.blocks.enhancer import Enhancer
+    from tools.retinexformer import RetinexformerReference
     from tools.yardstick import YardstickUNet
 
     if name == "yardstick":
         return YardstickUNet()
+    if name == "retinexformer":
+        return RetinexformerReference()
     return Enhancer(hp)  # a QualityHparams is a ModelHparams: the model flags
 
 
