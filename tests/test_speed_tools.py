@@ -45,6 +45,29 @@ def test_yardstick_keeps_odd_sizes(size):
     assert keeps_shape(YardstickUNet(), 2, 3, *size)
 
 
+def test_retinexformer_reference_has_the_papers_size_and_lights_up_its_input():
+    """The reference has Retinexformer's 1.61 M parameters, keeps any size, and starts from the
+    lit-up image: with the light-up map and the residual at zero it returns its input."""
+    from tools.quality import QualityHparams
+    from tools.retinexformer import RetinexformerReference
+
+    model = RetinexformerReference()
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - 1.61e6) <= 0.01 * 1.61e6, params
+    for size in [(1, 1), (37, 53)]:
+        assert keeps_shape(model, 1, 3, *size)
+    with torch.no_grad():
+        for conv in (model.estimator.to_map, model.out):
+            conv.weight.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
+        x = torch.rand(1, 3, 21, 30)
+        torch.testing.assert_close(model(x), x)
+    assert QualityHparams(models=["retinexformer"]).models == ["retinexformer"]
+    with pytest.raises(ValueError, match="retinexformer"):
+        QualityHparams(models=["unet"])
+
+
 def test_interleaved_timing_alternates_and_pairs_ratios():
     calls = []
     times = interleaved(
