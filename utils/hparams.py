@@ -149,7 +149,9 @@ class ModelHparams(HparamGroup):
     features (the 3x3 embedding of the image, after a GELU and ``full_res_stem_blocks`` residual pairs
     of 3x3 convolutions) by a 2x2 convolution of stride 2, instead of from the image's pixels, and the
     full-resolution stage fuses the head's features with those same features: a full-resolution
-    first level on both sides of the U-Net. Checkpoints from before this option load with it off."""
+    first level on both sides of the U-Net. Not the default: trained on one regime it fitted worse
+    and lost PSNR, with or without residual pairs (docs/model.md). Checkpoints from before this option
+    load with it off."""
     full_res_stem_blocks: int = 0
     """Residual pairs of 3x3 convolutions on the full-resolution features before the U-Net's first
     level (with ``full_res_stem``)."""
