@@ -112,7 +112,8 @@ class QualityHparams(ModelHparams):
     in strict fp32 (TF32 off) so the recipe stays the same; scores move by run-to-run noise only."""
     models: list[str] = field(default_factory=lambda: ["illrecnet", "yardstick"])
     """Which models to train, of illrecnet, yardstick and retinexformer (a reference model with
-    Retinexformer's layout, ``tools/retinexformer.py``; about 7x the yardstick's training time)."""
+    Retinexformer's layout, ``tools/retinexformer.py``; about 5x the yardstick's time per training
+    step on a CPU)."""
     output: str = "runs/quality/quality.json"
     """JSON results (written atomically)."""
     models_dir: str | None = None
