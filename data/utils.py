@@ -294,7 +294,8 @@ DECODE_THREADS = min(16, (os.cpu_count() or 1) + 4)
 
 class DecodedImages(dict[Path, np.ndarray]):
     """Decoded images by path, ``(H, W, 3)`` uint8/uint16 arrays that are contiguous and writable
-    (:func:`writable_contiguous`), kept only while they take at most ``limit_gb`` in all.
+    (:meth:`offer` makes them so with :func:`writable_contiguous`), kept only while they take at most
+    ``limit_gb`` in all.
 
     :meth:`offer` adds one; the first image that takes the total past the limit empties the
     collection and sets :attr:`overflowed`, after which nothing more is kept (the caller then reads
@@ -316,7 +317,7 @@ class DecodedImages(dict[Path, np.ndarray]):
             self.clear()
             self.overflowed = True
             return
-        self[path] = array
+        self[path] = writable_contiguous(array)
 
     def pass_over(self, nbytes: int) -> None:
         """Count an image decoded but not offered (the limit was passed already), for the log."""
