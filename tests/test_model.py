@@ -630,9 +630,8 @@ def test_full_resolution_stem_embeds_the_first_level_from_full_resolution_featur
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         before = stem(x)
-        decoder.stem[1].conv2.weight.add_(
-            0.1
-        )  # the stem's block feeds both the first level and the last stage
+        # the stem's block feeds both the first level and the last stage
+        decoder.stem[1].conv2.weight.add_(0.1)
         changed = stem(x)
         decoder.stem[1].conv2.weight.sub_(0.1)
     assert (changed - before).abs().max() > 1e-3

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 
 from tools import publish
-from tools.quality import gain_interval
+from tools.quality import MODELS, gain_interval
 from utils.hparams import LEGACY_DEFAULTS, ModelHparams, field_names
 from utils.utils import parse_hparams
 
@@ -62,7 +62,7 @@ COMPARED = {
 lower-is-better; the others higher). The PSNR/SSIM scores are also compared per regime."""
 PER_REGIME = ("psnr", "ssim", "psnr_gtmean")
 
-Model = Literal["illrecnet", "yardstick", "retinexformer"]
+Model = Literal[MODELS]
 
 
 @dataclass

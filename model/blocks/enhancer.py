@@ -209,11 +209,9 @@ class Decoder(nn.Module):
         source = image if source is None else source
         # with sqrt_input, a brightened copy (gamma 1/2) beside the image: dark values spread out
         inputs = torch.cat((source, source.clamp_min(0).sqrt()), dim=1) if self.sqrt_input else source
-        if self.stem is None:
-            x = self.embed(inputs)  # (B, D, H/2, W/2)
-        else:
-            full = self.stem(self.full_embed(inputs))  # (B, full_res_dim, H, W), kept for the last stage
-            x = self.embed(full)
+        # with full_res_stem, the full-resolution features feed the first level and the last stage
+        full = None if self.stem is None else self.stem(self.full_embed(inputs))  # (B, full_res_dim, H, W)
+        x = self.embed(inputs if full is None else full)  # (B, D, H/2, W/2)
         skips = []
         for block, down in zip(self.down_blocks, self.down, strict=True):
             x = block(x)
@@ -225,7 +223,7 @@ class Decoder(nn.Module):
             x = self.up_blocks[i](x, contexts[i])
         y = F.gelu(self.head(x))  # (B, HEAD_CHANNELS, H, W)
         if self.full_res_dim:
-            full = self.full_embed(inputs) if self.stem is None else full
+            full = self.full_embed(inputs) if full is None else full
             y = self.full_fuse(torch.cat((y, full), dim=1))  # (B, full_res_dim, H, W)
             y = self.full_block(y)
         if self.gain is not None:
